@@ -1,0 +1,99 @@
+"""Split any classifier into a backbone (input -> pooled penultimate features) and its final linear head."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import OodgateError
+
+#: attribute paths tried, in order, when the user names no head (torchvision, timm, EfficientNet ports)
+HEAD_ATTRIBUTES = ("fc", "classifier", "head", "_fc", "last_linear", "heads")
+
+
+def _resolve(model: nn.Module, path: str) -> nn.Module | None:
+    module: Any = model
+    for part in path.split("."):
+        if not hasattr(module, part):
+            return None
+        module = getattr(module, part)
+    return module if isinstance(module, nn.Module) else None
+
+
+def _linear_path(model: nn.Module, path: str) -> str | None:
+    """The dotted path of the final nn.Linear at or inside ``path`` (a Linear, a Sequential ending in one, or a
+    head module with .fc), or None."""
+    module = _resolve(model, path)
+    if isinstance(module, nn.Linear):
+        return path
+    if isinstance(module, nn.Sequential) and len(module) > 0:
+        last = len(module) - 1
+        return _linear_path(model, f"{path}.{last}")
+    if module is not None and isinstance(getattr(module, "fc", None), nn.Linear):
+        return f"{path}.fc"
+    return None
+
+
+def _set(model: nn.Module, path: str, value: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = _resolve(model, parent_path) if parent_path else model
+    setattr(parent, name, value)
+
+
+class SplitModel(nn.Module):
+    """A classifier as ``backbone`` (x -> h, shape (N, D)) and ``head`` (the final nn.Linear: h -> logits)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, head_path: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.head_path = head_path
+
+    @property
+    def num_features(self) -> int:
+        return int(self.head.in_features)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (N, D)."""
+        h = self.backbone(x)
+        if h.ndim != 2 or h.shape[1] != self.num_features:
+            raise OodgateError(
+                f"the backbone (the model with its head '{self.head_path}' removed) gives features of shape "
+                f"{tuple(h.shape)}, expected (N, {self.num_features}): name the final linear layer with head=... "
+                "or wrap the model so that removing it leaves pooled (N, D) features"
+            )
+        return h
+
+
+def split_classifier(model: nn.Module, head: str | None = None) -> SplitModel:
+    """Split ``model`` into backbone and final linear head; ``head`` names the head attribute (dotted path)."""
+    if isinstance(model, SplitModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise OodgateError(f"expected a torch.nn.Module classifier, got {type(model).__name__}")
+    candidates = [head] if head else list(HEAD_ATTRIBUTES)
+    path = next((p for p in (_linear_path(model, c) for c in candidates) if p), None)
+    if path is None:
+        if head:
+            found = _resolve(model, head)
+            what = "no such attribute" if found is None else f"a {type(found).__name__}, not an nn.Linear"
+            raise OodgateError(f"head '{head}' of {type(model).__name__} is {what}: name the final nn.Linear layer")
+        raise OodgateError(
+            f"{type(model).__name__} has no linear head at any of .{', .'.join(HEAD_ATTRIBUTES)}: "
+            "pass head='attribute.path' naming its final nn.Linear (oodgate needs a linear last layer)"
+        )
+    backbone = copy.deepcopy(model).eval()
+    linear = copy.deepcopy(_resolve(model, path))
+    assert isinstance(linear, nn.Linear)
+    _set(backbone, path, nn.Identity())
+    return SplitModel(backbone, linear, path).eval()

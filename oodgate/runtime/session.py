@@ -1,0 +1,173 @@
+"""Serving an oodgate graph with ONNX Runtime: preprocessing, batching, provider checks. No torch here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import OodgateError
+from .metadata import GraphInfo, read_graph_info
+
+#: ONNX Runtime execution providers per user-facing name, in order of preference
+PROVIDER_CHAINS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class ProviderError(OodgateError):
+    """A requested execution provider is missing or ONNX Runtime fell back to another one."""
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OodgateError("ONNX Runtime is not installed: pip install 'oodgate[cpu]' (or 'oodgate[gpu]' for "
+                           "CUDA/TensorRT; the two packages conflict, install only one)") from None
+    return onnxruntime
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """The ONNX Runtime provider list for 'auto' | 'cpu' | 'cuda' | 'tensorrt'."""
+    ort = _onnxruntime()
+    available = ort.get_available_providers()
+    if provider == "auto":
+        for name in ("tensorrt", "cuda", "cpu"):
+            if PROVIDER_CHAINS[name][0] in available:
+                return [p for p in PROVIDER_CHAINS[name] if p in available]
+        return ["CPUExecutionProvider"]
+    if provider not in PROVIDER_CHAINS:
+        raise OodgateError(f"unknown provider '{provider}': use one of {', '.join(PROVIDER_NAMES)}")
+    wanted = PROVIDER_CHAINS[provider][0]
+    if wanted not in available:
+        raise ProviderError(
+            f"provider '{provider}' needs ONNX Runtime's {wanted}, which this install lacks (available: "
+            f"{', '.join(available)}): install onnxruntime-gpu (pip install 'oodgate[gpu]') on a machine with a "
+            "GPU, or use --provider cpu")
+    return [p for p in PROVIDER_CHAINS[provider] if p in available]
+
+
+def ort_session(path: str, providers: Sequence[Any], *, threads: int | None = None,
+                provider_options: Sequence[dict[str, Any]] | None = None) -> Any:
+    """An onnxruntime.InferenceSession with full graph optimisation."""
+    ort = _onnxruntime()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(path, sess_options=opts, providers=list(providers),
+                                    provider_options=list(provider_options) if provider_options else None)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise OodgateError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def check_providers(requested: Sequence[str], active: Sequence[str]) -> None:
+    """Raise if the first requested GPU provider is not among the session's active ones (a silent CPU fallback)."""
+    first = requested[0]
+    if first != "CPUExecutionProvider" and first not in active:
+        raise ProviderError(f"ONNX Runtime fell back from {first} to {', '.join(active)}: the GPU provider failed "
+                            "to initialise (check CUDA/cuDNN/TensorRT libraries), or use --provider cpu")
+
+
+@dataclass
+class Prediction:
+    """Outputs for a batch of inputs: logits, scores (higher = ID), decisions and labels."""
+
+    logits: np.ndarray
+    scores: np.ndarray
+    is_ood: np.ndarray
+    labels: np.ndarray
+    threshold: float
+    class_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def records(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One dict per input: name, label, class, score, is_ood."""
+        out = []
+        for i in range(len(self)):
+            label = int(self.labels[i])
+            rec: dict[str, Any] = {"input": names[i] if names else i, "label": label}
+            if self.class_names and 0 <= label < len(self.class_names):
+                rec["class"] = self.class_names[label]
+            rec.update(score=float(self.scores[i]), is_ood=bool(self.is_ood[i]))
+            out.append(rec)
+        return out
+
+
+class Session:
+    """Runs an oodgate graph: ``Session(path, providers='auto').run(images)`` -> Prediction.
+
+    ``providers``: 'auto' | 'cpu' | 'cuda' | 'tensorrt' or an explicit ONNX Runtime provider list. A requested
+    GPU provider that ONNX Runtime silently replaced by the CPU raises ProviderError.
+    """
+
+    def __init__(self, path: str | Path, providers: str | Sequence[Any] = "auto", *, threads: int | None = None,
+                 provider_options: Sequence[dict[str, Any]] | None = None) -> None:
+        self.path = Path(path)
+        self.info: GraphInfo = read_graph_info(self.path)
+        requested = resolve_providers(providers) if isinstance(providers, str) else list(providers)
+        self._sess = ort_session(str(self.path), requested, threads=threads, provider_options=provider_options)
+        self.providers: list[str] = list(self._sess.get_providers())
+        check_providers([p if isinstance(p, str) else p[0] for p in requested], self.providers)
+        self._outputs = [o.name for o in self._sess.get_outputs()]
+
+    # context manager, as Polygraphy's runners
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the ONNX Runtime session."""
+        self._sess = None
+
+    @property
+    def threshold(self) -> float:
+        return self.info.threshold
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.info.input_shape
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """Apply the graph's recorded preprocessing: images (paths, PIL, arrays) -> float32 (N, C, H, W)."""
+        return self.info.preprocess(images)
+
+    def run_array(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run preprocessed inputs (N, C, H, W) as one batch; returns the raw outputs by name."""
+        if self._sess is None:
+            raise OodgateError("this Session is closed")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            shape = "(N, " + ", ".join(map(str, self.input_shape)) + ")"
+            hint = ": add a batch axis" if x.ndim == 3 else ""
+            raise OodgateError(f"expected input of shape {shape}, got {tuple(x.shape)}{hint}")
+        return dict(zip(self._outputs, self._sess.run(self._outputs, {self.info.input_name: x})))
+
+    def run(self, images: Any, *, threshold: float | None = None, batch_size: int = 32) -> Prediction:
+        """Score images (a path, PIL image or array, or a sequence of them; or preprocessed (N,C,H,W) floats)."""
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, (Sequence, np.ndarray)):
+            images = [images]
+        outs: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(images), batch_size):
+            outs.append(self.run_array(self.preprocess(images[start:start + batch_size])))
+        if not outs:
+            raise OodgateError("no inputs to run: give at least one image")
+        joined = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        tau = self.threshold if threshold is None else float(threshold)
+        is_ood = joined["is_ood"] if threshold is None else joined["score"] < np.float32(tau)
+        return Prediction(joined["logits"], joined["score"], is_ood.astype(bool), joined["label"], tau,
+                          self.info.class_names)
