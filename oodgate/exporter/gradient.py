@@ -1,0 +1,581 @@
+"""Trace a frozen classifier's logits and input gradient into plain ATen ops that torch.onnx can export.
+
+``torch.onnx`` cannot export ``torch.autograd.grad``. Instead, ``torch.func.grad`` of
+``sum_i logits[i, argmax_i]`` is traced with ``make_fx`` (symbolic batch axis, static C/H/W) into a graph of
+core ATen ops. The backward ops that the ONNX exporter does not translate are decomposed here:
+
+- ``convolution_backward`` (input gradient only) -> a transposed convolution with the same weight;
+- ``avg_pool2d_backward`` -> scaling by 1/divisor, then a depthwise transposed convolution with ones;
+- ``_adaptive_avg_pool2d_backward`` -> two matmuls with constant bin matrices;
+- ``max_pool2d_with_indices_backward`` -> torch's own decomposition (MaxPool ``Indices`` + ScatterElements);
+- ``rsub.Scalar`` -> neg + add (core ATen's version creates ``empty_permuted`` + ``copy_`` on symbolic shapes,
+  which the exporter cannot translate; SiLU/Mish backward hit it).
+
+ReLU / ReLU6 / eval-mode BatchNorm backward come out of ``core_aten_decompositions`` as Where / Mul ops.
+Every op of the traced graph is checked against ``ALLOWED_OPS`` (ops the exporter translates), so an
+unsupported layer fails at trace time with a message naming the op and the layer.
+
+``make_fx``, ``FakeTensorMode`` and ``torch._decomp`` are semi-private PyTorch APIs (tested on torch 2.13).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import sympy
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+from torch import nn
+from torch._decomp import core_aten_decompositions, get_decompositions
+from torch._dynamo.source import ConstantSource
+from torch._ops import OpOverload
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+__all__ = [
+    "ALLOWED_OPS",
+    "GradientTraceError",
+    "LogitsAndInputGradient",
+    "UnsupportedLayerError",
+    "export_gradient_onnx",
+    "gradient_decompositions",
+    "trace_logits_and_input_gradient",
+]
+
+aten = torch.ops.aten
+
+#: batch size of the fake example used for tracing (0 and 1 would be specialised by the shape machinery)
+_TRACE_BATCH = 2
+#: batch sizes of the self-check against eager autograd (both differ from _TRACE_BATCH)
+_CHECK_BATCHES = (1, 3)
+#: the self-check's bound on ||grad - autograd|| / ||autograd|| per sample (boundary flips stay far below)
+_CHECK_RTOL = 1e-3
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer or op of the model cannot be part of the exported gradient branch."""
+
+
+class GradientTraceError(RuntimeError):
+    """The traced gradient graph disagrees with eager autograd (a bug in a decomposition)."""
+
+
+#: Ops allowed in the traced graph: ATen ops that torch.onnx (dynamo, opset 18) translates itself. In-place
+#: variants of these are allowed too (torch.export functionalises them). The tests check each entry
+#: against the exporter's registry.
+ALLOWED_OPS: frozenset[OpOverload] = frozenset(
+    {
+        # convolution, linear algebra
+        aten.convolution.default,
+        aten.addmm.default,
+        aten.mm.default,
+        aten.bmm.default,
+        # normalisation (forward; their backward decomposes into elementwise ops)
+        aten._native_batch_norm_legit_no_training.default,
+        aten._native_batch_norm_legit.no_stats,
+        aten.native_layer_norm.default,
+        aten.native_group_norm.default,
+        # pooling, padding, resampling
+        aten.max_pool2d_with_indices.default,
+        aten.avg_pool2d.default,
+        aten._adaptive_avg_pool2d.default,
+        aten.constant_pad_nd.default,
+        aten.reflection_pad2d.default,
+        aten.upsample_nearest2d.default,
+        aten.upsample_bilinear2d.default,
+        aten._unsafe_index.Tensor,
+        # activations, transcendental functions
+        aten.relu.default,
+        aten.hardtanh.default,
+        aten.leaky_relu.default,
+        aten.gelu.default,
+        aten.sigmoid.default,
+        aten.tanh.default,
+        aten.elu.default,
+        aten.erf.default,
+        aten.exp.default,
+        aten.log.default,
+        aten.log1p.default,
+        aten.expm1.default,
+        aten._softmax.default,
+        aten._log_softmax.default,
+        # elementwise arithmetic
+        aten.add.Tensor,
+        aten.add.Scalar,
+        aten.sub.Tensor,
+        aten.sub.Scalar,
+        aten.mul.Tensor,
+        aten.mul.Scalar,
+        aten.div.Tensor,
+        aten.div.Scalar,
+        aten.div.Tensor_mode,
+        aten.neg.default,
+        aten.abs.default,
+        aten.sign.default,
+        aten.sqrt.default,
+        aten.rsqrt.default,
+        aten.reciprocal.default,
+        aten.pow.Tensor_Scalar,
+        aten.pow.Tensor_Tensor,
+        aten.clamp.default,
+        aten.clamp.Tensor,
+        aten.maximum.default,
+        aten.minimum.default,
+        aten.where.self,
+        # comparisons, logic
+        aten.eq.Scalar,
+        aten.eq.Tensor,
+        aten.ne.Scalar,
+        aten.ne.Tensor,
+        aten.ge.Scalar,
+        aten.ge.Tensor,
+        aten.gt.Scalar,
+        aten.gt.Tensor,
+        aten.le.Scalar,
+        aten.le.Tensor,
+        aten.lt.Scalar,
+        aten.lt.Tensor,
+        aten.logical_and.default,
+        aten.logical_or.default,
+        aten.logical_not.default,
+        aten.bitwise_and.Tensor,
+        aten.bitwise_or.Tensor,
+        aten.bitwise_not.default,
+        # reductions, indexing
+        aten.sum.dim_IntList,
+        aten.sum.default,
+        aten.mean.dim,
+        aten.mean.default,
+        aten.amax.default,
+        aten.amin.default,
+        aten.argmax.default,
+        aten.argmin.default,
+        aten.gather.default,
+        aten.scatter_add.default,
+        aten.scatter.src,
+        aten.scatter.value,
+        aten.index_select.default,
+        aten.index.Tensor,
+        aten.index_put.default,
+        aten._unsafe_index_put.default,
+        # shapes, views, creation
+        aten.view.default,
+        aten._unsafe_view.default,
+        aten.reshape.default,
+        aten.expand.default,
+        aten.permute.default,
+        aten.unsqueeze.default,
+        aten.squeeze.dim,
+        aten.squeeze.dims,
+        aten.alias.default,
+        aten.clone.default,
+        aten.slice.Tensor,
+        aten.slice_scatter.default,
+        aten.select.int,
+        aten.select_scatter.default,
+        aten.cat.default,
+        aten.split_with_sizes.default,
+        aten.repeat.default,
+        aten._to_copy.default,
+        aten.full.default,
+        aten.full_like.default,
+        aten.zeros_like.default,
+        aten.ones_like.default,
+        aten.empty.memory_format,
+        aten.scalar_tensor.default,
+        aten.arange.start_step,
+        aten.sym_size.int,
+    }
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decompositions of the backward ops that the exporter does not translate
+# ---------------------------------------------------------------------------------------------------------
+def _as_list(values: Sequence[int] | int, n: int) -> list[int]:
+    """Expand an int or a 1-element list to n ints."""
+    values = [values] if isinstance(values, int) else list(values)
+    return [int(v) for v in (values * n if len(values) == 1 else values)]
+
+
+def _convolution_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias_sizes: Sequence[int] | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    transposed: bool,
+    output_padding: Sequence[int],
+    groups: int,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, None, None]:
+    """Input gradient of a convolution as a transposed convolution (and vice versa)."""
+    if output_mask[1] or output_mask[2]:
+        raise UnsupportedLayerError(
+            "aten.convolution_backward was asked for a weight/bias gradient: only the input gradient is "
+            "traced, the model's parameters must be frozen (requires_grad=False)"
+        )
+    if not output_mask[0]:
+        return None, None, None
+    n = weight.dim() - 2
+    stride, padding, dilation = _as_list(stride, n), _as_list(padding, n), _as_list(dilation, n)
+    if transposed:  # the adjoint of a transposed convolution is the plain convolution
+        grad_input = aten.convolution(grad_output, weight, None, stride, padding, dilation, False, [0] * n, groups)
+        return grad_input, None, None
+    extra = []
+    for i in range(n):
+        size, out, kernel = int(input.shape[2 + i]), int(grad_output.shape[2 + i]), int(weight.shape[2 + i])
+        extra.append(size - ((out - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel - 1) + 1))
+    grad_input = aten.convolution(grad_output, weight, None, stride, padding, dilation, True, extra, groups)
+    return grad_input, None, None
+
+
+def _pool_divisors(size: int, out: int, kernel: int, stride: int, pad: int, count_include_pad: bool,
+                   device: torch.device) -> torch.Tensor:
+    """Per-output-position divisor of an average pool along one axis (int64, built from traced ops)."""
+    start = torch.arange(out, device=device) * stride - pad
+    end = torch.clamp(start + kernel, max=size + pad)
+    if not count_include_pad:
+        start, end = torch.clamp(start, min=0), torch.clamp(end, max=size)
+    return end - start
+
+
+def _avg_pool2d_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> torch.Tensor:
+    """Input gradient of avg_pool2d: scale by 1/divisor, then a depthwise transposed conv with ones."""
+    kernel = _as_list(kernel_size, 2)
+    stride = _as_list(stride, 2) if len(stride) else list(kernel)
+    padding = _as_list(padding, 2)
+    in_hw = [int(s) for s in input.shape[-2:]]
+    out_hw = [int(s) for s in grad_output.shape[-2:]]
+    if divisor_override:
+        grad = grad_output / divisor_override
+    else:
+        rows, cols = (
+            _pool_divisors(in_hw[i], out_hw[i], kernel[i], stride[i], padding[i], count_include_pad,
+                           grad_output.device)
+            for i in range(2)
+        )
+        grad = grad_output / (rows.unsqueeze(1) * cols.unsqueeze(0)).to(grad_output.dtype)
+    batched = grad.dim() == 4
+    if not batched:
+        grad = grad.unsqueeze(0)
+    channels = int(grad.shape[1])
+    ones = torch.ones(channels, 1, *kernel, dtype=grad.dtype, device=grad.device)
+    # Output size of the transposed conv is full + output_padding; ceil mode can overshoot: crop.
+    extra = [in_hw[i] - ((out_hw[i] - 1) * stride[i] - 2 * padding[i] + kernel[i]) for i in range(2)]
+    grad_input = aten.convolution(
+        grad, ones, None, stride, padding, [1, 1], True, [max(e, 0) for e in extra], channels
+    )
+    if min(extra) < 0:
+        grad_input = grad_input[:, :, : in_hw[0], : in_hw[1]]
+    return grad_input if batched else grad_input.squeeze(0)
+
+
+def _adaptive_pool_matrix(size: int, out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size, out) matrix: entry [i, o] = 1/len(bin o) if input position i lies in adaptive bin o, else 0."""
+    position = torch.arange(size, device=device).unsqueeze(1)
+    bins = torch.arange(out, device=device).unsqueeze(0)
+    start = torch.div(bins * size, out, rounding_mode="floor")
+    end = torch.div((bins + 1) * size + out - 1, out, rounding_mode="floor")
+    inside = (position >= start) & (position < end)
+    return inside.to(dtype) / (end - start).to(dtype)
+
+
+def _adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """Input gradient of adaptive average pooling: rows (H, OH) @ grad (.., OH, OW) @ cols (OW, W)."""
+    h, w = (int(s) for s in input.shape[-2:])
+    oh, ow = (int(s) for s in grad_output.shape[-2:])
+    rows = _adaptive_pool_matrix(h, oh, grad_output.dtype, grad_output.device)
+    cols = _adaptive_pool_matrix(w, ow, grad_output.dtype, grad_output.device).t()
+    return torch.matmul(torch.matmul(rows, grad_output), cols)
+
+
+def _rsub_scalar(self: torch.Tensor, other: float, alpha: float = 1) -> torch.Tensor:
+    """other - alpha * self without the empty_permuted/copy_ that core ATen emits on symbolic shapes."""
+    return aten.add.Scalar(aten.neg.default(self) if alpha == 1 else aten.mul.Scalar(self, -alpha), other)
+
+
+def gradient_decompositions() -> dict[OpOverload, Callable[..., Any]]:
+    """Decomposition table for tracing: core ATen plus the decompositions of this module."""
+    table: dict[OpOverload, Callable[..., Any]] = dict(core_aten_decompositions())
+    table.update(get_decompositions([aten.max_pool2d_with_indices_backward]))
+    table[aten.convolution_backward.default] = _convolution_backward
+    table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
+    table[aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
+    table[aten.rsub.Scalar] = _rsub_scalar
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checking a traced graph
+# ---------------------------------------------------------------------------------------------------------
+def _functional_variant(op: OpOverload) -> OpOverload | None:
+    """aten.foo_.overload -> aten.foo.overload for an in-place op, else None."""
+    name = op._schema.name.split("::")[-1]
+    if op.namespace != "aten" or not name.endswith("_") or name.endswith("__"):
+        return None
+    packet = getattr(aten, name[:-1], None)
+    return getattr(packet, op._overloadname, None) if packet is not None else None
+
+
+def _node_problem(node: torch.fx.Node) -> str | None:
+    """The name of a call_function node's op if it cannot be exported, else None."""
+    target = node.target
+    if not isinstance(target, OpOverload):
+        # symbolic-shape arithmetic on the batch size: operator.mul, torch.sym_float, ...
+        name = getattr(target, "__name__", "")
+        if getattr(target, "__module__", None) in ("_operator", "operator") or name.startswith(("sym_", "_sym_")):
+            return None
+        return str(target)
+    if target in ALLOWED_OPS or _functional_variant(target) in ALLOWED_OPS:
+        if target is aten.avg_pool2d.default and len(node.args) > 6 and node.args[6]:
+            return "aten.avg_pool2d.default with divisor_override"  # the exporter drops divisor_override
+        return None
+    return str(target)
+
+
+def _unsupported_ops(graph_module: torch.fx.GraphModule) -> list[str]:
+    """Names of the ops of a traced graph that the exporter cannot translate, in order of appearance."""
+    found: dict[str, None] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and (problem := _node_problem(node)) is not None:
+            found[problem] = None
+    return list(found)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Naming the layer behind an unsupported op or a failed trace
+# ---------------------------------------------------------------------------------------------------------
+def _float_tensors(tree: Any) -> list[torch.Tensor]:
+    """The floating-point tensors among a pytree's leaves."""
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _local_trace(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.fx.GraphModule:
+    """Trace one submodule's forward + gradient w.r.t. its float inputs with the same decompositions."""
+    flat, spec = pytree.tree_flatten((args, kwargs))
+    positions = [i for i, t in enumerate(flat) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+    def local(*tensors: torch.Tensor) -> torch.Tensor:
+        leaves = list(flat)
+        for i, t in zip(positions, tensors):
+            leaves[i] = t
+        local_args, local_kwargs = pytree.tree_unflatten(leaves, spec)
+        return sum(out.sum() for out in _float_tensors(module(*local_args, **local_kwargs)))
+
+    inputs = tuple(flat[i].detach() for i in positions)
+    grad = torch.func.grad(local, argnums=tuple(range(len(inputs))))
+    return make_fx(grad, decomposition_table=gradient_decompositions())(*inputs)
+
+
+def _innermost_culprit(model: nn.Module, example: torch.Tensor,
+                       is_culprit: Callable[[torch.fx.GraphModule | None], bool]) -> tuple[str, nn.Module] | None:
+    """The innermost submodule whose own traced gradient graph (None: tracing failed) is_culprit."""
+    names = {id(m): n for n, m in model.named_modules()}
+    captured: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def capture(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.setdefault(names[id(module)], (args, kwargs))
+
+    handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception:  # noqa: BLE001 - naming the layer is best effort
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def post_order(prefix: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+        for child_name, child in module.named_children():
+            yield from post_order(f"{prefix}.{child_name}" if prefix else child_name, child)
+        yield prefix, module
+
+    for name, module in post_order("", model):
+        if name not in captured or not _float_tensors(captured[name]):
+            continue
+        try:
+            local: torch.fx.GraphModule | None = _local_trace(module, *captured[name])
+        except Exception:  # noqa: BLE001
+            local = None
+        if is_culprit(local):
+            return name, module
+    return None
+
+
+def _describe(found: tuple[str, nn.Module] | None, model: nn.Module) -> str:
+    """'layer 'a.b' of type Foo' for an error message."""
+    if found is None:
+        return f"an unidentified layer of {type(model).__name__}"
+    name, module = found
+    return f"layer '{name}' of type {type(module).__name__}" if name else f"the forward of {type(module).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tracing
+# ---------------------------------------------------------------------------------------------------------
+def _predicted_logit_sum(model: nn.Module, state: Mapping[str, torch.Tensor],
+                         x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over the batch of each row's predicted-class logit, logits)."""
+    logits = torch.func.functional_call(model, dict(state), (x,))
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must map (N, C, H, W) to logits (N, K); got {got}")
+    predicted = logits.detach().argmax(dim=1, keepdim=True)
+    return logits.gather(1, predicted).sum(), logits
+
+
+def _trace(model: nn.Module, state: Mapping[str, torch.Tensor], example: torch.Tensor) -> torch.fx.GraphModule:
+    """make_fx-trace (state..., x) -> (logits, grad) with only the batch axis symbolic."""
+    names = list(state)
+
+    def logits_and_gradient(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *values, x = args
+        grad, logits = torch.func.grad(_predicted_logit_sum, argnums=2, has_aux=True)(
+            model, dict(zip(names, values)), x)
+        return logits, grad
+
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+    fake_state = [fake_mode.from_tensor(t, static_shapes=True) for t in state.values()]
+    fake_x = fake_mode.from_tensor(
+        torch.empty((_TRACE_BATCH, *example.shape[1:]), dtype=example.dtype, device=example.device),
+        source=ConstantSource("x"),
+        symbolic_context=StatelessSymbolicContext(
+            dynamic_sizes=[DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * (example.dim() - 1)),
+    )
+    graph = make_fx(logits_and_gradient, decomposition_table=gradient_decompositions(),
+                    tracing_mode="symbolic")(*fake_state, fake_x)
+    batch = fake_x.shape[0].node.expr
+    assert fake_mode.shape_env is not None
+    if isinstance(fake_mode.shape_env.replacements.get(batch), sympy.Integer):
+        raise UnsupportedLayerError(
+            f"the forward of {type(model).__name__} depends on the batch size (it was specialised to "
+            f"{_TRACE_BATCH} while tracing), so no graph with a dynamic batch axis can be built")
+    return graph
+
+
+def _autograd_reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager logits and d logits[i, argmax_i] / d x[i] with torch.autograd."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        picked = logits.gather(1, logits.detach().argmax(dim=1, keepdim=True)).sum()
+        (grad,) = torch.autograd.grad(picked, x)
+    return logits.detach(), grad
+
+
+def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
+    """Compare the traced graph with eager autograd at batch sizes other than the traced one."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    base = example.detach()
+    spread = float(base.std()) if base.numel() > 1 and float(base.std()) > 0 else 1.0
+    for n in _CHECK_BATCHES:
+        x = base[torch.arange(n) % base.shape[0]]
+        x = x + 0.05 * spread * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+        with torch.no_grad():
+            logits, grad = module(x)
+        ref_logits, ref_grad = _autograd_reference(module.model, x)
+        logit_err = float((logits - ref_logits).abs().max())
+        grad_err = torch.linalg.vector_norm((grad - ref_grad).flatten(1), dim=1)
+        grad_ref = torch.linalg.vector_norm(ref_grad.flatten(1), dim=1)
+        if logit_err > 1e-4 * (1.0 + float(ref_logits.abs().max())) or bool(
+                (grad_err > _CHECK_RTOL * grad_ref + 1e-12).any()):
+            raise GradientTraceError(
+                f"the traced gradient graph disagrees with eager autograd at batch {n}: max |logits diff| "
+                f"{logit_err:.3g}, max relative gradient error {float((grad_err / grad_ref.clamp_min(1e-30)).max()):.3g}")
+
+
+class LogitsAndInputGradient(nn.Module):
+    """m(x) -> (logits (N, K), d logits[i, argmax_i] / d x[i] (N, C, H, W)) as exportable ATen ops.
+
+    ``m.model`` is the frozen eval-mode copy whose weights the graph reads: reuse it for any further
+    forward pass in a larger exported module so that the ONNX graph holds one copy of the weights.
+    """
+
+    def __init__(self, model: nn.Module, graph: torch.fx.GraphModule, state_names: Sequence[str],
+                 input_shape: tuple[int, ...]) -> None:
+        """Wrap a traced graph whose inputs are the model's parameters and buffers, then x."""
+        super().__init__()
+        self.model = model
+        self.graph = graph
+        self.state_names = list(state_names)
+        self.input_shape = tuple(input_shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the predicted-class logit's input gradient for a batch of the traced (C, H, W)."""
+        if x.dim() != 1 + len(self.input_shape) or tuple(x.shape[1:]) != self.input_shape:
+            expected = ", ".join(str(s) for s in self.input_shape)
+            raise ValueError(
+                f"the gradient branch was traced for inputs of shape (N, {expected}), got {tuple(x.shape)}: "
+                f"channels/height/width are fixed per trace; trace again for another input size")
+        state = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        return self.graph(*(state[name] for name in self.state_names), x)
+
+
+def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
+                                    check: bool = True) -> LogitsAndInputGradient:
+    """Return a module m with m(x) -> (logits (N,K), grad (N,C,H,W)); grad[i] = d logits[i, argmax logits[i]] / d x[i].
+
+    ``model`` is deep-copied, put in eval mode and frozen; the caller's model is not changed. C/H/W are
+    those of ``example`` (fixed), the batch axis is dynamic. With ``check``, the graph is compared with eager
+    autograd at two batch sizes near ``example`` (GradientTraceError on a mismatch).
+    Raises UnsupportedLayerError naming the op and the layer when a layer cannot be exported.
+    """
+    if not isinstance(example, torch.Tensor) or example.dim() != 4 or not example.is_floating_point():
+        got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+        raise ValueError(f"example must be a floating-point (N, C, H, W) tensor, got {got}")
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    state = dict(frozen.named_parameters()) | dict(frozen.named_buffers())
+    probe = example[:1].detach()
+    try:
+        graph = _trace(frozen, state, example)
+    except UnsupportedLayerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - name the layer, keep the cause
+        found = _innermost_culprit(frozen, probe, lambda local: local is None)
+        raise UnsupportedLayerError(
+            f"could not trace the input gradient of {type(model).__name__} (first failing: "
+            f"{_describe(found, frozen)}): {type(exc).__name__}: {exc}") from exc
+    unsupported = _unsupported_ops(graph)
+    if unsupported:
+        op = unsupported[0]
+        found = _innermost_culprit(frozen, probe, lambda local: local is not None and op in _unsupported_ops(local))
+        raise UnsupportedLayerError(
+            f"{op} is not supported in the exported gradient branch (from {_describe(found, frozen)}): the ONNX "
+            f"exporter cannot translate it and oodgate.exporter.gradient has no decomposition for it; "
+            f"unsupported ops in this model: {', '.join(unsupported)}")
+    module = LogitsAndInputGradient(frozen, graph, list(state), tuple(example.shape[1:]))
+    if check:
+        _self_check(module, example)
+    return module
+
+
+def export_gradient_onnx(module: nn.Module, example: torch.Tensor, path: str | os.PathLike[str], *,
+                         input_names: Sequence[str] = ("x",), output_names: Sequence[str] | None = None,
+                         opset_version: int = 18, external_data: bool = False) -> str:
+    """Export a module taking one (N, C, H, W) input with torch.onnx (dynamo) and a dynamic 'batch' axis."""
+    if output_names is None and isinstance(module, LogitsAndInputGradient):
+        output_names = ("logits", "grad")
+    torch.onnx.export(
+        module.eval(), (example,), os.fspath(path), dynamo=True, opset_version=opset_version,
+        input_names=list(input_names), output_names=None if output_names is None else list(output_names),
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=external_data, verbose=False,
+    )
+    return os.fspath(path)
