@@ -94,11 +94,12 @@ def accuracy(predicted: Any, labels: Any) -> float:
 
 
 def ood_metrics(id_scores: Any, ood_scores: Any, tpr: float = 0.95) -> dict[str, float]:
-    """All OOD metrics of one ID/OOD pair, keys naming their convention."""
+    """All OOD metrics of one ID/OOD pair, keys naming their convention (fprNN: NN = 100 * tpr)."""
+    tag = f"fpr{round(100 * tpr):d}"
     return {
         "auroc": auroc(id_scores, ood_scores),
-        "fpr95_id_positive": fpr_at_tpr(id_scores, ood_scores, tpr),
-        "fpr95_ood_positive": fpr_at_tpr_ood_positive(id_scores, ood_scores, tpr),
+        f"{tag}_id_positive": fpr_at_tpr(id_scores, ood_scores, tpr),
+        f"{tag}_ood_positive": fpr_at_tpr_ood_positive(id_scores, ood_scores, tpr),
         "aupr_in": aupr_in(id_scores, ood_scores),
         "aupr_out": aupr_out(id_scores, ood_scores),
     }

@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def load_calibration(path: str | Path) -> Calibration:
                       for name in manifest["arrays"]}
     except ArtifactError:
         raise
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError) as exc:
         raise ArtifactError(f"{path} is not a readable oodgate calibration file ({type(exc).__name__}: {exc})") from None
     if _checksum(manifest, arrays) != manifest.get("checksum"):
         raise ArtifactError(f"{path} fails its checksum: the file was modified or is corrupt; re-run calibrate")

@@ -16,7 +16,7 @@ def fit_threshold(id_scores: Any, tpr: float = 0.95) -> float:
     tau is the order statistic at floor((1 - tpr) * n): ceil(tpr * n) samples are accepted when scores are
     distinct (ties at tau are all accepted).
     """
-    if not isinstance(tpr, (int, float)) or not 0 < tpr <= 1:
+    if isinstance(tpr, bool) or not isinstance(tpr, (int, float)) or not 0 < tpr <= 1:
         raise OodgateError(f"target TPR must be in (0, 1], got {tpr!r} (e.g. 0.95 keeps 95 % of ID)")
     scores = np.asarray(id_scores, dtype=np.float64).ravel()
     if scores.size == 0:

@@ -30,7 +30,7 @@ def _linear_path(model: nn.Module, path: str) -> str | None:
     if isinstance(module, nn.Linear):
         return path
     if isinstance(module, nn.Sequential) and len(module) > 0:
-        last = len(module) - 1
+        last = list(module._modules)[-1]
         return _linear_path(model, f"{path}.{last}")
     if module is not None and isinstance(getattr(module, "fc", None), nn.Linear):
         return f"{path}.fc"
