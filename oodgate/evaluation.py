@@ -57,18 +57,32 @@ class Evaluation:
 
 
 def score_set(session: Any, name: str, images: Any, labels: np.ndarray | None = None, *,
-              batch_size: int = 64) -> SetScores:
-    """Run one set of images through an oodgate Session."""
-    pred = session.run(images, batch_size=batch_size)
-    return SetScores(name, pred.scores, pred.is_ood, labels, pred.labels)
+              batch_size: int = 64, progress: bool | None = None) -> SetScores:
+    """Run one set of images through an oodgate Session, batch by batch, with a progress bar."""
+    from .progress import progress_bar
+
+    if len(images) == 0:
+        raise OodgateError(f"set {name!r} holds no images: give at least one")
+    scores, is_ood, predicted = [], [], []
+    with progress_bar(len(images), f"score {name}", progress) as bar:
+        for start in range(0, len(images), batch_size):
+            pred = session.run(images[start:start + batch_size], batch_size=batch_size)
+            scores.append(pred.scores)
+            is_ood.append(pred.is_ood)
+            predicted.append(pred.labels)
+            bar.update(len(pred.scores))
+    return SetScores(name, np.concatenate(scores), np.concatenate(is_ood), labels, np.concatenate(predicted))
 
 
-def evaluate_session(session: Any, id_data: Any, ood_data: dict[str, Any], *, batch_size: int = 64) -> Evaluation:
+def evaluate_session(session: Any, id_data: Any, ood_data: dict[str, Any], *, batch_size: int = 64,
+                     progress: bool | None = None) -> Evaluation:
     """Score ID data (an ImageSet) and each named OOD ImageSet with ``session``."""
     if not ood_data:
         raise OodgateError("give at least one OOD set to evaluate against (e.g. --ood textures=ood:textures)")
-    id_scores = score_set(session, id_data.name, id_data.images, id_data.labels, batch_size=batch_size)
-    oods = [score_set(session, name, data.images, batch_size=batch_size) for name, data in ood_data.items()]
+    id_scores = score_set(session, id_data.name, id_data.images, id_data.labels, batch_size=batch_size,
+                          progress=progress)
+    oods = [score_set(session, name, data.images, batch_size=batch_size, progress=progress)
+            for name, data in ood_data.items()]
     return Evaluation(session.info.method, session.threshold, id_scores, oods)
 
 

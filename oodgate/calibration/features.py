@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,20 +10,7 @@ import torch
 from ..data.preprocess import Preprocess
 from ..data.sets import ImageSet
 from ..models.split import SplitModel
-
-
-def show_progress(progress: bool | None) -> bool:
-    """Whether to draw a progress bar: as asked, else only on an interactive terminal outside CI."""
-    if progress is not None:
-        return progress
-    return sys.stderr.isatty() and not os.environ.get("CI")
-
-
-def progress_bar(total: int, desc: str, progress: bool | None):  # noqa: ANN201 - a tqdm or a no-op
-    """A tqdm bar (quiet in CI / non-TTY)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not show_progress(progress), leave=False)
+from ..progress import progress_bar, show_progress
 
 
 @torch.no_grad()
