@@ -81,8 +81,9 @@ def calibrate(model: Any, id_data: Any, method: str = "energy", *, tpr: float = 
         det.fit_model(split, fit_set.batches(bundle.preprocess, batch_size), progress=progress, n=len(fit_set))
         scores = det.score_model(split, held.batches(bundle.preprocess, batch_size), progress=progress, n=len(held))
     else:
+        extra = {"class_names": bundle.class_names} if getattr(det, "uses_class_names", False) else {}
         det.fit(iter_features(split, fit_set, bundle.preprocess, batch_size=batch_size, progress=progress,
-                              desc=f"fit {method}"), weight=weight, bias=bias)
+                              desc=f"fit {method}"), weight=weight, bias=bias, **extra)
         feats, _ = collect_features(split, held, bundle.preprocess, batch_size=batch_size, progress=progress)
         scores = det.score(feats)
     tau = fit_threshold(scores, tpr)

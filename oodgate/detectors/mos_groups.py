@@ -40,28 +40,37 @@ def _listing(values: Sequence[Any], limit: int = 8) -> str:
 # -- validation ---------------------------------------------------------------------------------------------------
 
 
-def validate_groups(groups: Any, num_classes: int, source: str = "groups") -> list[list[int]]:
-    """Check that ``groups`` (lists of class indices) cover 0..C-1 exactly once with no empty group; return plain ints."""
+def validate_groups(groups: Any, num_classes: int, source: str = "groups",
+                    names: Sequence[str] | None = None) -> list[list[int]]:
+    """Check that ``groups`` (lists of class indices) cover 0..C-1 exactly once with no empty group; return plain ints.
+
+    ``names``: what to call the groups in errors (default: their position).
+    """
+
+    def label(g: int) -> str:
+        return str(g) if names is None else repr(names[g])
+
     if not isinstance(groups, (list, tuple)) or not groups:
-        raise OodgateError(f"{source}: expected a non-empty list of groups (lists of class indices), got {groups!r:.80}")
+        raise OodgateError(f"{source}: expected a non-empty list of groups (lists of class indices), "
+                           f"got {groups!r:.80}")
     out: list[list[int]] = []
     owner: dict[int, int] = {}
     for g, members in enumerate(groups):
         if isinstance(members, (str, bytes)) or not isinstance(members, (list, tuple, np.ndarray)):
-            raise OodgateError(f"{source}: group {g} must be a list of class indices, got {members!r:.60}")
+            raise OodgateError(f"{source}: group {label(g)} must be a list of class indices, got {members!r:.60}")
         if len(members) == 0:
-            raise OodgateError(f"{source}: group {g} is empty: every group needs at least one class (drop it)")
+            raise OodgateError(f"{source}: group {label(g)} is empty: every group needs at least one class (drop it)")
         row = []
         for m in members:
             if isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)):
-                raise OodgateError(f"{source}: group {g} holds {m!r}, not a class index (an integer)")
+                raise OodgateError(f"{source}: group {label(g)} holds {m!r}, not a class index (an integer)")
             c = int(m)
             if not 0 <= c < num_classes:
-                raise OodgateError(f"{source}: unknown class {c} in group {g}: the model has {num_classes} classes "
-                                   f"(0..{num_classes - 1})")
+                raise OodgateError(f"{source}: unknown class {c} in group {label(g)}: the model has {num_classes} "
+                                   f"classes (0..{num_classes - 1})")
             if c in owner:
-                where = "twice in group" if owner[c] == g else f"in groups {owner[c]} and"
-                raise OodgateError(f"{source}: overlapping groups: class {c} is {where} {g}: put every class in "
+                where = "twice in group" if owner[c] == g else f"in groups {label(owner[c])} and"
+                raise OodgateError(f"{source}: overlapping groups: class {c} is {where} {label(g)}: put every class in "
                                    "exactly one group")
             owner[c] = g
             row.append(c)
@@ -113,7 +122,8 @@ def _class_index(token: Any, num_classes: int, class_names: Sequence[str] | None
     if isinstance(token, (int, np.integer)) or (isinstance(token, str) and re.fullmatch(r"\s*\d+\s*", token)):
         c = int(token)
         if not 0 <= c < num_classes:
-            raise OodgateError(f"{where}: unknown class {c}: the model has {num_classes} classes (0..{num_classes - 1})")
+            raise OodgateError(f"{where}: unknown class {c}: the model has {num_classes} classes "
+                               f"(0..{num_classes - 1})")
         return c
     if not isinstance(token, str) or not token.strip():
         raise OodgateError(f"{where}: {token!r} is not a class index or name")
@@ -211,28 +221,16 @@ def _read_json(path: Path, num_classes: int, class_names: Sequence[str] | None, 
             if not isinstance(members, list):
                 raise OodgateError(f"{source}: group {g} must be a list of classes, got {members!r:.60}")
             groups.append([_class_index(m, num_classes, class_names, f"{source}, group {g}") for m in members])
-        return _checked_unique(groups, num_classes, source)
+        return validate_groups(groups, num_classes, source)
     if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):  # {group: [classes]}
         groups = [[_class_index(m, num_classes, class_names, f"{source}, group {k!r}") for m in v]
                   for k, v in data.items()]
-        return _checked_unique(groups, num_classes, source, names=list(data))
+        return validate_groups(groups, num_classes, source, names=[str(k) for k in data])
     if isinstance(data, dict) and data and not any(isinstance(v, (list, dict)) for v in data.values()):
         pairs = [(k, v, None, f"{source}, class {k!r}") for k, v in data.items()]  # {class: group}
         return _from_pairs(pairs, num_classes, class_names, source)
     raise OodgateError(f"{source}: expected a list of groups ([[0, 1], [2]]), a mapping group -> classes "
                        "({'a': [0, 1]}) or a mapping class -> group ({'0': 'a'})")
-
-
-def _checked_unique(groups: list[list[int]], num_classes: int, source: str,
-                    names: list[str] | None = None) -> list[list[int]]:
-    """validate_groups, naming groups by their file names when there are some."""
-    try:
-        return validate_groups(groups, num_classes, source)
-    except OodgateError as exc:
-        if names is None:
-            raise
-        msg = re.sub(r"group(s?) (\d+)", lambda m: f"group{m[1]} {names[int(m[2])]!r}", str(exc).split(": ", 1)[1])
-        raise OodgateError(f"{source}: {msg}") from None
 
 
 def load_group_file(path: str | Path, num_classes: int, class_names: Sequence[str] | None = None) -> list[list[int]]:
@@ -258,27 +256,32 @@ def imagenet_taxonomy(num_classes: int = 1000) -> list[list[int]]:
 # -- k-means --------------------------------------------------------------------------------------------------
 
 
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(N, K) squared Euclidean distances (never negative)."""
+    return np.maximum((x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :], 0.0)
+
+
 def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300) -> np.ndarray:
     """Seeded k-means (k-means++ starts, Lloyd steps, best of ``n_init``); no cluster is left empty."""
     x = np.asarray(points, np.float64)
     n = len(x)
     rng = np.random.default_rng(seed)
-    best, best_inertia = None, np.inf
+    best, best_inertia = np.zeros(n, np.int64), np.inf
     for _ in range(n_init):
         centres = [x[rng.integers(n)]]
         for _ in range(1, k):
-            d2 = np.min(((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+            d2 = _sq_dist(x, np.asarray(centres)).min(axis=1)
             total = d2.sum()
             centres.append(x[rng.choice(n, p=d2 / total)] if total > 0 else x[rng.integers(n)])
         c = np.asarray(centres)
         assign = np.full(n, -1)
         for _ in range(max_iter):
-            d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+            d2 = _sq_dist(x, c)
             new = np.argmin(d2, axis=1)
-            for j in range(k):  # an empty cluster takes the point furthest from its centre
+            for j in range(k):  # an empty cluster takes the point furthest from its centre in a cluster of 2+
                 if not np.any(new == j):
-                    far = int(np.argmax(d2[np.arange(n), new] * (np.bincount(new, minlength=k)[new] > 1)))
-                    new[far] = j
+                    movable = np.bincount(new, minlength=k)[new] > 1
+                    new[int(np.argmax(np.where(movable, d2[np.arange(n), new], -1.0)))] = j
             if np.array_equal(new, assign):
                 break
             assign = new
@@ -286,7 +289,7 @@ def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 10, max_iter
         inertia = float(((x - c[assign]) ** 2).sum())
         if inertia < best_inertia - 1e-12:
             best, best_inertia = assign.copy(), inertia
-    return best  # type: ignore[return-value]
+    return best
 
 
 def kmeans_groups(points: np.ndarray, k: int, seed: int = 0) -> list[list[int]]:
