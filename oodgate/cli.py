@@ -84,7 +84,10 @@ def _write_text(path: Path | None, text: str, force: bool) -> None:
 
 
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output file.")]
-Provider = Annotated[str, typer.Option("--provider", "-p", help="Runtime: auto | cpu | cuda | tensorrt.")]
+Provider = Annotated[str, typer.Option("--provider", "-p", help="Runtime: auto | cpu | cuda | tensorrt (ONNX "
+                                                                 "Runtime's EPs) | trt-native (oodgate's TensorRT "
+                                                                 "runner); `run` also takes options, e.g. "
+                                                                 "trt-native:fp16,batch=1/8/32.")]
 
 
 @app.command()
@@ -165,12 +168,12 @@ def run(
     force: Force = False,
 ) -> None:
     """Classify images and accept/reject each as in- or out-of-distribution."""
-    from .runtime import Session
+    from .runtime.providers import open_session  # provider specs such as trt-native:fp16 (issue 6)
 
     if fmt not in ("table", "jsonl", "csv"):
         raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
     files = _expand_inputs(inputs)
-    with Session(graph, providers=provider) as sess:
+    with open_session(graph, provider) as sess:
         pred = sess.run([str(f) for f in files], threshold=threshold, batch_size=batch_size)
     records = pred.records([str(f) for f in files])
     if fmt == "jsonl":
@@ -209,13 +212,31 @@ def evaluate(
     provider: Provider = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics as JSON.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    # -- report and threshold what-ifs (issue 8) --
+    report: Annotated[Optional[Path], typer.Option(help="Write a report folder: metrics.md/.json, PNG plots, "
+                                                        "index.html.")] = None,
+    tpr_grid: Annotated[str, typer.Option(help="ID TPRs whose thresholds the what-if table shows "
+                                               "(comma-separated).")] = "0.9,0.95,0.99",
+    tau: Annotated[Optional[list[float]], typer.Option("--tau", help="Also show what this threshold would do "
+                                                                     "(repeatable).")] = None,
+    plots: Annotated[bool, typer.Option(help="Draw the report's PNG plots (needs matplotlib: the plots "
+                                             "extra).")] = True,
+    # -- end report options --
     force: Force = False,
 ) -> None:
-    """Score an ID set and OOD sets with the graph; print AUROC / FPR95 (both conventions) / AUPR."""
+    """Score an ID set and OOD sets with the graph; print AUROC / FPR95 (both conventions) / AUPR and what other
+    thresholds would reject/accept; optionally write a report folder with plots."""
     from .data.sets import load_image_set
     from .evaluation import evaluate_session, metrics_table
+    from .report import threshold_options, threshold_table, write_report
     from .runtime import Session
 
+    try:
+        tprs = [float(t) for t in tpr_grid.split(",") if t.strip()]
+    except ValueError:
+        raise OodgateError(f"--tpr-grid {tpr_grid!r}: give comma-separated shares, e.g. 0.9,0.95,0.99") from None
+    if report is not None and (report / "metrics.json").exists() and not force:
+        raise OodgateError(f"{report} already holds a report: choose another folder or pass --force")
     id_set = load_image_set(id_data)
     oods = {name: load_image_set(spec) for name, spec in _parse_named(ood).items()}
     with Session(graph, providers=provider) as sess:
@@ -224,8 +245,13 @@ def evaluate(
     d = ev.to_dict()
     _echo(f"\nthreshold {ev.threshold:.6g}: ID rejected {100 * d['id_rejected_at_tau']:.1f} %; OOD accepted " +
           ", ".join(f"{k} {100 * v['accepted_ood_at_tau']:.1f} %" for k, v in d["ood"].items() if k != "mean"))
+    _echo("\nwhat other thresholds would do (in %):\n" + threshold_table(threshold_options(ev, tprs, tau or ())))
     if json_out:
         _write_text(json_out, json.dumps(d, indent=1), force)
+    if report is not None:
+        written = write_report(ev, report, tprs=tprs, thresholds=tau or (), plots=plots, overwrite=force,
+                               title=f"{ev.method} on {graph.name}")
+        _echo(f"wrote {len(written.files)} files to {report}/ (open {report / 'index.html'})")
 
 
 @app.command()
@@ -235,7 +261,7 @@ def parity(
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration the graph was exported from "
                                                              "(the PyTorch reference).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option("--provider", "-p", help="Runtimes to check "
-                                                          "(repeatable): cpu, cuda, tensorrt.")] = None,
+                                                          "(repeatable): cpu, cuda, tensorrt, trt-native.")] = None,
     limit: Annotated[int, typer.Option(help="Use at most this many inputs.")] = 256,
     atol: Annotated[float, typer.Option(help="Absolute tolerance (fail only where atol AND rtol are "
                                              "exceeded).")] = 1e-4,
@@ -285,12 +311,25 @@ def parity(
 def inspect(
     graph: Annotated[Path, typer.Argument(help="ONNX graph to describe.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    trt_check: Annotated[bool, typer.Option("--trt-check", help="Also audit the graph against TensorRT's ONNX "
+                                                                "parser; exit 1 on errors.")] = False,
 ) -> None:
     """Show what is inside a graph: method, threshold, preprocessing, inputs/outputs, operators."""
     from .runtime.inspect import describe_graph, format_description
 
     desc = describe_graph(graph)
+    findings = None
+    if trt_check:  # -- TensorRT audit (issue 6) --
+        from .runtime.trt_audit import audit_graph, format_findings, has_errors
+
+        findings = audit_graph(graph)
+        desc["trt_check"] = [f.to_dict() for f in findings]
     _echo(json.dumps(desc, indent=1) if as_json else format_description(desc))
+    if findings is not None:
+        if not as_json:
+            _echo(format_findings(findings, graph.name))
+        if has_errors(findings):
+            raise typer.Exit(1)
 
 
 @app.command()

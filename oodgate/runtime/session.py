@@ -19,7 +19,9 @@ PROVIDER_CHAINS: dict[str, list[str]] = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
-PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt")
+PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt", "trt-native")
+#: not an ONNX Runtime provider: oodgate's own TensorRT runner (oodgate.runtime.tensorrt)
+NATIVE_TENSORRT = "trt-native"
 
 
 class ProviderError(OodgateError):
@@ -36,7 +38,15 @@ def _onnxruntime() -> Any:
 
 
 def resolve_providers(provider: str) -> list[str]:
-    """The ONNX Runtime provider list for 'auto' | 'cpu' | 'cuda' | 'tensorrt'."""
+    """The ONNX Runtime provider list for 'auto' | 'cpu' | 'cuda' | 'tensorrt' (['trt-native'] for the native
+    TensorRT runner, after checking that TensorRT and cuda-python import)."""
+    if provider == NATIVE_TENSORRT:  # -- native TensorRT (issue 6) --
+        from .tensorrt import tensorrt_unavailable_reason
+
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            raise ProviderError(reason)
+        return [NATIVE_TENSORRT]
     ort = _onnxruntime()
     available = ort.get_available_providers()
     if provider == "auto":
@@ -110,14 +120,30 @@ class Session:
     """Runs an oodgate graph: ``Session(path, providers='auto').run(images)`` -> Prediction.
 
     ``providers``: 'auto' | 'cpu' | 'cuda' | 'tensorrt' or an explicit ONNX Runtime provider list. A requested
-    GPU provider that ONNX Runtime silently replaced by the CPU raises ProviderError.
+    GPU provider that ONNX Runtime silently replaced by the CPU raises ProviderError. 'trt-native' runs oodgate's
+    own TensorRT runner instead of ONNX Runtime; ``provider_options=[{...}]`` then holds its keyword arguments
+    (precision='fp16', profile=(1, 8, 32), cache_dir=...). For 'tensorrt'/'cuda' without ``provider_options``,
+    the defaults of ``oodgate.runtime.providers.provider_options`` apply (batch profile 1/32/32, engine cache).
     """
 
     def __init__(self, path: str | Path, providers: str | Sequence[Any] = "auto", *, threads: int | None = None,
                  provider_options: Sequence[dict[str, Any]] | None = None) -> None:
         self.path = Path(path)
         self.info: GraphInfo = read_graph_info(self.path)
+        if isinstance(providers, str) and providers == NATIVE_TENSORRT:  # -- native TensorRT (issue 6) --
+            from .tensorrt import TensorRTRunner
+
+            self._sess = TensorRTRunner(self.path, **(dict(provider_options[0]) if provider_options else {}))
+            self.providers = list(self._sess.get_providers())
+            self._outputs = [o.name for o in self._sess.get_outputs()]
+            return
         requested = resolve_providers(providers) if isinstance(providers, str) else list(providers)
+        if provider_options is None and isinstance(providers, str) and requested[0] in (
+                "TensorrtExecutionProvider", "CUDAExecutionProvider"):  # default GPU EP options (issue 6)
+            from .providers import provider_options as gpu_provider_options
+
+            provider_options = gpu_provider_options(requested, graph=self.path, input_name=self.info.input_name,
+                                                    input_shape=self.info.input_shape)
         self._sess = ort_session(str(self.path), requested, threads=threads, provider_options=provider_options)
         self.providers: list[str] = list(self._sess.get_providers())
         check_providers([p if isinstance(p, str) else p[0] for p in requested], self.providers)
@@ -131,7 +157,9 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        """Release the ONNX Runtime session."""
+        """Release the ONNX Runtime session (or the native TensorRT runner's device memory)."""
+        if self._sess is not None and hasattr(self._sess, "close"):
+            self._sess.close()
         self._sess = None
 
     @property
