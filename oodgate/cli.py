@@ -262,7 +262,11 @@ def parity(
                                                              "(the PyTorch reference).")] = None,
     provider: Annotated[Optional[list[str]], typer.Option("--provider", "-p", help="Runtimes to check "
                                                           "(repeatable): cpu, cuda, tensorrt, trt-native.")] = None,
-    limit: Annotated[int, typer.Option(help="Use at most this many inputs.")] = 256,
+    ood: Annotated[Optional[str], typer.Option(help="Real OOD inputs (data spec, e.g. ood:textures): also report "
+                                                    "each runtime's AUROC/FPR95 drift against the reference.")] = None,
+    metric_tol: Annotated[float, typer.Option(help="Largest AUROC/FPR95 change (fraction) allowed for fp16 "
+                                                   "runtimes, which are judged on metrics, not elements.")] = 0.005,
+    limit: Annotated[int, typer.Option(help="Use at most this many inputs (per set).")] = 256,
     atol: Annotated[float, typer.Option(help="Absolute tolerance (fail only where atol AND rtol are "
                                              "exceeded).")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
@@ -281,7 +285,7 @@ def parity(
     from .exporter.parity import reference_outputs, save_golden as write_golden
 
     cal = None
-    inputs = None
+    inputs = ood_inputs = None
     if golden is None:
         if calibration is None or data is None:
             raise OodgateError("parity needs --calibration and --data (or --golden FILE)")
@@ -292,12 +296,15 @@ def parity(
         images = load_image_set(data)
         images = images.subset(list(range(min(limit, len(images)))))
         inputs = cal.preprocess(images.images)
+        if ood is not None:
+            ood_set = load_image_set(ood)
+            ood_inputs = cal.preprocess(ood_set.subset(list(range(min(limit, len(ood_set))))).images)
         if save_golden is not None:
             ref = reference_outputs(cal, inputs)
             write_golden(save_golden, inputs, ref, graph_hash=cal.checksum(), overwrite=force)
             _echo(f"wrote {save_golden}")
     report = run_parity(graph, inputs, calibration=cal, golden=golden, providers=provider or ["cpu"], atol=atol,
-                        rtol=rtol, margin=margin)
+                        rtol=rtol, margin=margin, ood_inputs=ood_inputs, metric_tol=metric_tol)
     _echo(report.table())
     if json_out:
         report.write_json(json_out, overwrite=True)

@@ -7,7 +7,9 @@ core ATen ops. The backward ops that the ONNX exporter does not translate are de
 - ``convolution_backward`` (input gradient only) -> a transposed convolution with the same weight;
 - ``avg_pool2d_backward`` -> scaling by 1/divisor, then a depthwise transposed convolution with ones;
 - ``_adaptive_avg_pool2d_backward`` -> two matmuls with constant bin matrices;
-- ``max_pool2d_with_indices_backward`` -> torch's own decomposition (MaxPool ``Indices`` + ScatterElements);
+- ``max_pool2d_with_indices`` and its backward -> a running maximum over strided slices, and the gradient of
+  each window's first maximum placed back by a grouped transposed convolution with one-hot kernels (TensorRT
+  rejects MaxPool's ``Indices`` output; this needs no indices and no scatter);
 - ``empty_permuted`` -> ``empty`` (ATen's C++ ``scalar - tensor``, e.g. inside SiLU/Mish backward, creates it;
   the exporter has no translation for it); ``rsub.Scalar`` -> neg + add.
 
@@ -311,6 +313,86 @@ def _adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor
     return torch.matmul(torch.matmul(rows, grad_output), cols)
 
 
+def _pool_geometry(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int], ceil_mode: bool) -> tuple[list[int], list[int], list[int], list[int],
+                                                                   list[int], list[int]]:
+    """(k, s, p, d, output size, extra bottom/right padding) of a 2-D max-pool, as PyTorch computes them."""
+    k = _as_list(kernel_size, 2)
+    s = _as_list(stride, 2) if stride else list(k)
+    p, d = _as_list(padding, 2), _as_list(dilation, 2)
+    out, extra = [], []
+    for axis in range(2):
+        size = int(x.shape[-2 + axis])
+        span = size + 2 * p[axis] - d[axis] * (k[axis] - 1) - 1
+        o = (-(-span // s[axis]) if ceil_mode else span // s[axis]) + 1
+        if ceil_mode and (o - 1) * s[axis] >= size + p[axis]:
+            o -= 1  # the last window must start inside the input or the left padding
+        out.append(o)
+        extra.append(max(0, (o - 1) * s[axis] + d[axis] * (k[axis] - 1) + 1 - size - 2 * p[axis]))
+    return k, s, p, d, out, extra
+
+
+def _window_values(x: torch.Tensor, k: list[int], s: list[int], p: list[int], d: list[int], out: list[int],
+                   extra: list[int]) -> list[torch.Tensor]:
+    """For each kernel offset (row-major), the input value it sees in every window: strided slices of x padded
+    with the lowest finite value (finite, so that no inf/NaN arithmetic appears)."""
+    low = torch.finfo(x.dtype).min
+    padded = aten.constant_pad_nd.default(x, [p[1], p[1] + extra[1], p[0], p[0] + extra[0]], low)
+    views = []
+    for i in range(k[0]):
+        for j in range(k[1]):
+            rows = aten.slice.Tensor(padded, -2, i * d[0], i * d[0] + (out[0] - 1) * s[0] + 1, s[0])
+            views.append(aten.slice.Tensor(rows, -1, j * d[1], j * d[1] + (out[1] - 1) * s[1] + 1, s[1]))
+    return views
+
+
+def _max_pool2d_with_indices(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int] = (),
+                             padding: Sequence[int] = (0,), dilation: Sequence[int] = (1,),
+                             ceil_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-pool as a running maximum over strided slices (no MaxPool Indices output, which TensorRT rejects).
+
+    The indices returned are zeros: only ``_max_pool2d_with_indices_backward`` below consumes them, and it
+    recomputes the winning positions from the input.
+    """
+    geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    views = _window_values(x, *geometry)
+    y = views[0]
+    for v in views[1:]:
+        y = aten.maximum.default(y, v)
+    return y, aten.zeros_like.default(y, dtype=torch.int64)
+
+
+def _max_pool2d_with_indices_backward(grad_output: torch.Tensor, x: torch.Tensor, kernel_size: Sequence[int],
+                                      stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                                      ceil_mode: bool, indices: torch.Tensor) -> torch.Tensor:
+    """Max-pool input gradient without indices or scatter: each window's gradient goes to its first maximum
+    (row-major, as PyTorch), placed back by one grouped transposed convolution with one-hot kernels."""
+    k, s, p, d, out, extra = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    views = _window_values(x, k, s, p, d, out, extra)
+    y = views[0]
+    for v in views[1:]:
+        y = aten.maximum.default(y, v)
+    taken = aten.zeros_like.default(y, dtype=torch.bool)
+    parts = []
+    for v in views:
+        hit = aten.logical_and.default(aten.eq.Tensor(v, y), aten.logical_not.default(taken))
+        parts.append(aten.where.self(hit, grad_output, aten.zeros_like.default(grad_output)))
+        taken = aten.logical_or.default(taken, hit)
+    n, c = grad_output.shape[0], int(grad_output.shape[1])
+    kk = k[0] * k[1]
+    stacked = aten.reshape.default(aten.stack.default(parts, 2), [n, c * kk, out[0], out[1]])
+    eye = torch.eye(kk, dtype=grad_output.dtype, device=grad_output.device).reshape(kk, 1, k[0], k[1])
+    weight = eye.repeat(c, 1, 1, 1)
+    full = aten.convolution.default(stacked, weight, None, s, [0, 0], d, True, [0, 0], c)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    size = [(out[a] - 1) * s[a] + d[a] * (k[a] - 1) + 1 for a in range(2)]
+    short = [max(0, p[0] + h - size[0]), max(0, p[1] + w - size[1])]
+    if short[0] or short[1]:  # trailing input rows/columns that no window reaches get zero gradient
+        full = aten.constant_pad_nd.default(full, [0, short[1], 0, short[0]], 0.0)
+    full = aten.slice.Tensor(full, -2, p[0], p[0] + h)
+    return aten.slice.Tensor(full, -1, p[1], p[1] + w)
+
+
 def _rsub_scalar(self: torch.Tensor, other: float, alpha: float = 1) -> torch.Tensor:
     """other - alpha * self as neg/mul + add (the exporter's registry has no rsub)."""
     return aten.add.Scalar(aten.neg.default(self) if alpha == 1 else aten.mul.Scalar(self, -alpha), other)
@@ -326,7 +408,8 @@ def _empty_permuted(size: Sequence[int], physical_layout: Sequence[int], *, dtyp
 def gradient_decompositions() -> dict[OpOverload, Callable[..., Any]]:
     """Decomposition table for tracing: core ATen plus the decompositions of this module."""
     table: dict[OpOverload, Callable[..., Any]] = dict(core_aten_decompositions())
-    table.update(get_decompositions([aten.max_pool2d_with_indices_backward]))
+    table[aten.max_pool2d_with_indices.default] = _max_pool2d_with_indices
+    table[aten.max_pool2d_with_indices_backward.default] = _max_pool2d_with_indices_backward
     table[aten.convolution_backward.default] = _convolution_backward
     table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
     table[aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
@@ -445,22 +528,27 @@ def _describe(found: tuple[str, nn.Module] | None, model: nn.Module) -> str:
 # Tracing
 # ---------------------------------------------------------------------------------------------------------
 def _predicted_logit_sum(model: nn.Module, state: Mapping[str, torch.Tensor],
-                         x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over the batch of each row's predicted-class logit, logits)."""
-    logits = torch.func.functional_call(model, dict(state), (x,))
+                         x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(sum over the batch of each row's predicted-class logit, (logits, *extra outputs of the model))."""
+    outputs = torch.func.functional_call(model, dict(state), (x,))
+    outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+    logits = outputs[0]
     predicted = logits.detach().argmax(dim=1, keepdim=True)
-    return logits.gather(1, predicted).sum(), logits
+    # a one-hot product rather than gather: its backward is a Mul, not a ScatterElements(add)
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    one_hot = (classes[None, :] == predicted).to(logits.dtype)
+    return (logits * one_hot).sum(), outputs
 
 
 def _trace(model: nn.Module, state: Mapping[str, torch.Tensor], example: torch.Tensor) -> torch.fx.GraphModule:
     """make_fx-trace (state..., x) -> (logits, grad) with only the batch axis symbolic."""
     names = list(state)
 
-    def logits_and_gradient(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits_and_gradient(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         *values, x = args
-        grad, logits = torch.func.grad(_predicted_logit_sum, argnums=2, has_aux=True)(
+        grad, outputs = torch.func.grad(_predicted_logit_sum, argnums=2, has_aux=True)(
             model, dict(zip(names, values)), x)
-        return logits, grad
+        return (*outputs, grad)
 
     fake_mode = FakeTensorMode(shape_env=ShapeEnv())
     fake_state = [fake_mode.from_tensor(t, static_shapes=True) for t in state.values()]
@@ -486,6 +574,7 @@ def _autograd_reference(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         picked = logits.gather(1, logits.detach().argmax(dim=1, keepdim=True)).sum()
         (grad,) = torch.autograd.grad(picked, x)
     return logits.detach(), grad
@@ -500,7 +589,8 @@ def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
         x = base[torch.arange(n) % base.shape[0]]
         x = x + 0.05 * spread * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         with torch.no_grad():
-            logits, grad = module(x)
+            outputs = module(x)
+        logits, grad = outputs[0], outputs[-1]
         ref_logits, ref_grad = _autograd_reference(module.model, x)
         logit_err = float((logits - ref_logits).abs().max())
         logit_scale = 1.0 + float(ref_logits.abs().max())
@@ -546,6 +636,8 @@ def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
                                     check: bool = True) -> LogitsAndInputGradient:
     """Return a module m with m(x) -> (logits (N,K), grad (N,C,H,W)); grad[i] = d logits[i, argmax logits[i]] / d x[i].
 
+    A model returning a tuple (logits, *extras) gives m(x) -> (logits, *extras, grad).
+
     ``model`` is deep-copied, put in eval mode and frozen; the caller's model is not changed. C/H/W are
     those of ``example`` (fixed), the batch axis is dynamic. With ``check``, the graph is compared with eager
     autograd at two batch sizes near ``example`` (GradientTraceError on a mismatch).
@@ -559,6 +651,8 @@ def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
     probe = example[:1].detach()
     with torch.no_grad():
         out = frozen(probe)
+    if isinstance(out, (tuple, list)) and out:  # (logits, *extra outputs): extras are returned before grad
+        out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.is_floating_point():
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the model must map (N, C, H, W) to logits (N, K), got {got}")

@@ -47,6 +47,8 @@ class RuntimeReport:
     label_mismatches: int = 0
     seconds: float = 0.0
     error: str | None = None
+    #: change of AUROC / FPR95 on the real ID vs OOD inputs (when OOD inputs were given)
+    drift: dict[str, Any] | None = None
 
 
 @dataclass
@@ -60,6 +62,8 @@ class ParityReport:
     rtol: float
     margin: float
     threshold: float
+    n_ood: int = 0
+    metric_tol: float = 0.005
     runtimes: list[RuntimeReport] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -107,6 +111,9 @@ class ParityReport:
                 lines.append(f"  {r.runtime:<14} {o.output:<7} max|diff| {o.max_abs_diff:<10.3g} max rel "
                              f"{o.max_rel_diff:<10.3g} beyond tol {o.mismatched}/{o.total}  "
                              f"{'ok' if o.passed else 'FAIL'}")
+            if r.drift is not None:
+                lines.append(f"  {r.runtime:<14} metric drift on {self.n_inputs - self.n_ood} ID vs {self.n_ood} "
+                             "OOD inputs: " + ", ".join(f"Δ{k} {100 * v:+.3f} pt" for k, v in r.drift["delta"].items()))
             lines.append(f"  {r.runtime:<14} is_ood flips {r.decision_flips} (near tau: "
                          f"{r.decision_flips_near_threshold}), label mismatches {r.label_mismatches}  "
                          f"{'PASS' if r.passed else 'FAIL'}")
@@ -174,11 +181,16 @@ def load_golden(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], st
         raise OodgateError(f"{path} is not a readable oodgate golden file ({exc})") from None
 
 
-def run_runtime(graph: str | Path, provider: str, inputs: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """Outputs of the graph under one runtime, batch by batch."""
-    from ..runtime import Session
+def runtime_label(provider: str) -> str:
+    """How a provider spec is named in reports: 'trt-native…' as is, ONNX Runtime EPs as 'ort-…'."""
+    return provider if provider.startswith("trt-native") else f"ort-{provider}"
 
-    with Session(graph, providers=provider) as sess:
+
+def run_runtime(graph: str | Path, provider: str, inputs: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Outputs of the graph under one runtime (a provider spec such as 'cpu' or 'trt-native:fp16'), batched."""
+    from ..runtime.providers import open_session
+
+    with open_session(graph, provider) as sess:
         outs = [sess.run_array(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
     return {k: np.concatenate([o[k] for o in outs]) for k in OUTPUT_NAMES}
 
@@ -202,14 +214,35 @@ def reference_outputs(calibration: Any, inputs: np.ndarray, *, model: Any = None
     return {name: np.concatenate([o[k] for o in outs]) for k, name in enumerate(OUTPUT_NAMES)}
 
 
-def parity(graph: str | Path, inputs: np.ndarray, *, calibration: Any = None, golden: str | Path | None = None,
-           providers: list[str] | None = None, atol: float = 1e-4, rtol: float = 1e-4, margin: float | None = None,
-           batch_size: int = 32, model: Any = None) -> ParityReport:
-    """Compare each provider's outputs of ``graph`` with the PyTorch reference (``calibration``) or a golden file."""
+def default_reference_device() -> str:
+    """'cuda' when PyTorch sees a GPU (TF32 off, so the reference stays FP32), else 'cpu'."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return "cuda"
+    return "cpu"
+
+
+def parity(graph: str | Path, inputs: np.ndarray | None, *, calibration: Any = None,
+           golden: str | Path | None = None, providers: list[str] | None = None, atol: float = 1e-4,
+           rtol: float = 1e-4, margin: float | None = None, batch_size: int = 32, model: Any = None,
+           ood_inputs: np.ndarray | None = None, metric_tol: float = 0.005,
+           reference_device: str | None = None) -> ParityReport:
+    """Compare each runtime's outputs of ``graph`` with the PyTorch reference (``calibration``) or a golden file.
+
+    With ``ood_inputs`` (real OOD images, preprocessed), each runtime's change of AUROC / FPR95 against the
+    reference is reported too; for reduced-precision runtimes ('…fp16') that metric drift (at most
+    ``metric_tol``, a fraction) is the pass criterion instead of element-wise tolerances.
+    """
     from ..runtime import read_graph_info
+    from ..runtime.drift import metric_drift
+    from ..runtime.providers import parse_provider_spec
     from ..runtime.session import ProviderError, resolve_providers
 
     info = read_graph_info(graph)
+    n_ood = 0
     if golden is not None:
         inputs, ref, ghash = load_golden(golden)
         if ghash != info.calibration_hash:
@@ -222,23 +255,41 @@ def parity(graph: str | Path, inputs: np.ndarray, *, calibration: Any = None, go
         if calibration.checksum() != info.calibration_hash:
             raise OodgateError(f"{graph} was exported from another calibration than the one given: "
                                "pass the calibration file it was exported from")
-        ref = reference_outputs(calibration, inputs, model=model, batch_size=batch_size)
-        reference = "pytorch-cpu"
+        if inputs is None or len(inputs) == 0:
+            raise OodgateError("parity needs real inputs: pass --data (a data spec) with at least one image")
+        if ood_inputs is not None and len(ood_inputs):
+            n_ood = len(ood_inputs)
+            inputs = np.concatenate([inputs, ood_inputs])
+        device = reference_device or default_reference_device()
+        ref = reference_outputs(calibration, inputs, model=model, batch_size=batch_size, device=device)
+        reference = f"pytorch-{device}"
     if margin is None:
         margin = max(atol, rtol * abs(info.threshold)) * 10
-    report = ParityReport(str(graph), reference, int(len(inputs)), atol, rtol, margin, info.threshold)
+    report = ParityReport(str(graph), reference, int(len(inputs)), atol, rtol, margin, info.threshold, n_ood,
+                          metric_tol)
     for provider in providers or ["cpu"]:
+        label = runtime_label(provider)
         try:
-            resolve_providers(provider)
+            name, options = parse_provider_spec(provider)
+            resolve_providers(name)
         except ProviderError as exc:
-            report.skipped[provider] = str(exc).split(":")[0]
+            report.skipped[label] = str(exc).split(":")[0]
             continue
         t0 = time.perf_counter()
         try:
             got = run_runtime(graph, provider, inputs, batch_size)
         except OodgateError as exc:
-            report.runtimes.append(RuntimeReport(f"ort-{provider}", False, error=str(exc)))
+            report.runtimes.append(RuntimeReport(label, False, error=str(exc)))
             continue
-        report.runtimes.append(compare_outputs(f"ort-{provider}", ref, got, threshold=info.threshold, atol=atol,
-                                               rtol=rtol, margin=margin, seconds=time.perf_counter() - t0))
+        rep = compare_outputs(label, ref, got, threshold=info.threshold, atol=atol, rtol=rtol, margin=margin,
+                              seconds=time.perf_counter() - t0)
+        reduced = str(options.get("precision", "")).lower() == "fp16" or "fp16" in provider.lower()
+        if n_ood:
+            n_id = len(inputs) - n_ood
+            drift = metric_drift(ref["score"][:n_id], ref["score"][n_id:], got["score"][:n_id],
+                                 got["score"][n_id:], threshold=info.threshold)
+            rep.drift = drift.to_dict()
+            if reduced:
+                rep.passed = drift.worst() <= metric_tol and drift.nonfinite_scores == 0
+        report.runtimes.append(rep)
     return report
