@@ -77,7 +77,7 @@ def _write_text(path: Path | None, text: str, force: bool) -> None:
     if path is None:
         _echo(text)
         return
-    from .calibration.artifact import write_atomic
+    from .files import write_atomic
 
     write_atomic(path, text.encode(), overwrite=force)
     _echo(f"wrote {path}")
@@ -307,9 +307,9 @@ def parity(
                         rtol=rtol, margin=margin, ood_inputs=ood_inputs, metric_tol=metric_tol)
     _echo(report.table())
     if json_out:
-        report.write_json(json_out, overwrite=True)
+        report.write_json(json_out, overwrite=force)
     if junit:
-        report.write_junit(junit, overwrite=True)
+        report.write_junit(junit, overwrite=force)
     if not report.passed:
         raise typer.Exit(1)
 

@@ -14,9 +14,7 @@ import html
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 from . import metrics
 from ._version import __version__
 from .errors import OodgateError
+from .files import write_atomic
 from .evaluation import Evaluation, metrics_table
 
 #: every PNG is drawn at this size in inches and dots per inch: PLOT_PIXELS = (width, height) in pixels
@@ -355,17 +354,6 @@ def _plot_names(evaluations: list[Evaluation], several: bool) -> dict[str, dict[
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class Report:
     """What write_report wrote: the folder, its files, and the what-if taus per method."""
@@ -423,7 +411,7 @@ def write_report(evaluations: Evaluation | Sequence[Evaluation], folder: str | P
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for name, payload in rendered.items():
-        _write_atomic(out / name, payload)
+        write_atomic(out / name, payload, overwrite=True)
         files.append(out / name)
     return Report(out, files, options, data)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ import numpy as np
 from .._version import __version__
 from ..data.preprocess import Preprocess
 from ..errors import ArtifactError, OodgateError
+from ..files import write_atomic
 
 FORMAT = "oodgate-calibration"
 FORMAT_VERSION = 1
@@ -32,24 +31,6 @@ def _checksum(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"{name}|{arr.dtype.str}|{arr.shape}".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
-
-
-def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and a rename; refuse to overwrite unless asked."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OodgateError(f"{path} exists: choose another path or overwrite it (--force / overwrite=True)")
-    if not path.parent.is_dir():
-        raise OodgateError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration.artifact import write_atomic
+from ..files import write_atomic
 from ..errors import OodgateError
 from .graph import OUTPUT_NAMES
 

@@ -16,13 +16,13 @@ import json
 import operator
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import OodgateError
+from ..files import write_atomic
 
 ENGINE_FORMAT = "oodgate-trt-engine"
 ENGINE_FORMAT_VERSION = 1
@@ -176,18 +176,6 @@ def _short(value: Any) -> str:
     return text[:12] + "…" if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class EngineCache:
     """Serialized TensorRT engines on disk with their keys; see the module docstring."""
 
@@ -237,11 +225,11 @@ class EngineCache:
         engine.parent.mkdir(parents=True, exist_ok=True)
         side = sidecar_path(engine)
         side.unlink(missing_ok=True)
-        write_bytes_atomic(engine, bytes(data))
+        write_atomic(engine, bytes(data), overwrite=True)
         meta = {"format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "key": key.fields(),
                 "key_digest": key.digest(), "engine_sha256": hashlib.sha256(data).hexdigest(),
                 "engine_bytes": len(data)}
-        write_bytes_atomic(side, json.dumps(meta, indent=1, sort_keys=True).encode())
+        write_atomic(side, json.dumps(meta, indent=1, sort_keys=True).encode(), overwrite=True)
         return engine
 
     def timing_cache_path(self, device: DeviceFacts) -> Path:

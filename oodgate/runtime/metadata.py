@@ -44,6 +44,11 @@ class GraphInfo:
         if meta.get("format_version") != GRAPH_FORMAT_VERSION:
             raise ArtifactError(f"{source} has graph format version {meta.get('format_version')}; this oodgate "
                                 f"reads version {GRAPH_FORMAT_VERSION}: re-export it with this version")
+        missing = sorted({"method", "params", "threshold", "tpr", "preprocess", "input_name", "input_shape",
+                          "outputs", "calibration_hash", "oodgate_version"} - set(meta))
+        if missing:
+            raise ArtifactError(f"{source}: oodgate metadata lacks {missing}: the graph was edited or is damaged; "
+                                "re-export it")
         return cls(
             method=meta["method"], params=meta["params"], threshold=float(meta["threshold"]), tpr=float(meta["tpr"]),
             preprocess=Preprocess.from_dict(meta["preprocess"]), class_names=meta.get("class_names"),

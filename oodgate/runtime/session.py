@@ -189,6 +189,10 @@ class Session:
         """Score images (a path, PIL image or array, or a sequence of them; or preprocessed (N,C,H,W) floats)."""
         if isinstance(images, (str, os.PathLike)) or not isinstance(images, (Sequence, np.ndarray)):
             images = [images]
+        elif isinstance(images, np.ndarray) and (
+                images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (1, 3, 4)
+                                                          or tuple(images.shape) == tuple(self.input_shape)))):
+            images = [images]  # one image (H, W), (H, W, C) or preprocessed (C, H, W), as Preprocess reads it
         outs: list[dict[str, np.ndarray]] = []
         for start in range(0, len(images), batch_size):
             outs.append(self.run_array(self.preprocess(images[start:start + batch_size])))

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import OodgateError
-from .engine_cache import BatchProfile, CacheLookup, DeviceFacts, EngineCache, engine_key, write_bytes_atomic
+from ..files import write_atomic
+from .engine_cache import BatchProfile, CacheLookup, DeviceFacts, EngineCache, engine_key
 from .metadata import read_graph_info
 from .onnx_graph import NodeIO
 from .precision import PrecisionPlan, fp32_head_plan, head_region, pooling_chain
@@ -238,7 +239,7 @@ def build_engine(graph: str | Path, *, precision: str = "fp32", profile: Any = D
                            "see the TensorRT log above")
     if cache is not None and timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(timing_cache, bytes(cache.serialize()))
+        write_atomic(timing_cache, bytes(cache.serialize()), overwrite=True)
     report.seconds = time.perf_counter() - t0
     return bytes(serialized), report
 

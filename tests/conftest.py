@@ -1,0 +1,164 @@
+"""Shared, session-scoped fixtures: digits calibrations and their exported graphs are made once per run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+#: tolerance of every ORT vs PyTorch comparison: |diff| <= TOL or |diff| <= TOL * |reference|
+TOL = 1e-4
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """PyTorch on one thread: on small shared CI machines OpenMP's spinning threads make eager EfficientNet
+    5-15x slower (measured: 7 single-image forwards 0.8 s on 1 thread, 14.9 s on 2 threads of a loaded 2-core box)."""
+    try:
+        import torch
+    except ImportError:  # the runtime-only install: nothing to set
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OODGATE_TEST_TORCH_THREADS", "1")))
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    """scikit-learn's digits, the 397 'test' images (real ID images the calibrations never saw)."""
+    from oodgate.data import digits
+
+    return digits("test")
+
+
+@pytest.fixture(scope="session")
+def digits_calibration() -> Callable[[str], object]:
+    """method -> calibrate('digits-cnn', digits('calib'), method=method), made once per method."""
+    from oodgate import calibrate
+    from oodgate.data import digits
+
+    cache: dict[str, object] = {}
+    calib = digits("calib")
+
+    def get(method: str):
+        if method not in cache:
+            cache[method] = calibrate("digits-cnn", calib, method=method, progress=False)
+        return cache[method]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def digits_graph(digits_calibration, tmp_path_factory) -> Callable[[str], Path]:
+    """method -> path of the exported digits graph of that method (exported once per method)."""
+    from oodgate.exporter import export
+
+    folder = tmp_path_factory.mktemp("graphs")
+    cache: dict[str, Path] = {}
+
+    def get(method: str) -> Path:
+        if method not in cache:
+            path = folder / f"digits-{method}.onnx"
+            export(digits_calibration(method), path)
+            cache[method] = path
+        return cache[method]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def energy_graph(digits_graph) -> Path:
+    """The digits energy graph, the one most runtime and CLI tests use."""
+    return digits_graph("energy")
+
+
+@pytest.fixture(scope="session")
+def energy_calibration_file(digits_calibration, tmp_path_factory) -> Path:
+    """The digits energy calibration saved as a file (for the CLI)."""
+    path = tmp_path_factory.mktemp("cal") / "digits-energy.oodcal"
+    digits_calibration("energy").save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digit_pngs(digits_test, tmp_path_factory) -> list[Path]:
+    """The first 10 digits 'test' images written as 8x8 grayscale PNG files."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("pngs")
+    paths = []
+    for i, image in enumerate(digits_test.images[:10]):
+        path = folder / f"digit_{i:02d}_label{int(digits_test.labels[i])}.png"
+        Image.fromarray(image, mode="L").save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def foreign_graph(tmp_path_factory) -> Path:
+    """A valid ONNX graph not made by oodgate (built with onnx.helper: y = relu(x), no oodgate metadata)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])
+    y = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1, 16, 16])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["score"])], "plain", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path_factory.mktemp("foreign") / "plain.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def perturbed_energy_graph(energy_graph, tmp_path_factory) -> Path:
+    """The digits energy graph with 0.01 added to its score output (metadata, threshold and is_ood untouched)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(energy_graph))
+    for node in model.graph.node:
+        node.output[:] = ["score_raw" if o == "score" else o for o in node.output]
+        node.input[:] = ["score_raw" if i == "score" else i for i in node.input]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.01, np.float32), "score_offset"))
+    model.graph.node.append(helper.make_node("Add", ["score_raw", "score_offset"], ["score"]))
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path_factory.mktemp("perturbed") / "digits-energy-perturbed.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def within_tolerance(got: np.ndarray, ref: np.ndarray, tol: float = TOL) -> np.ndarray:
+    """Elementwise: |got - ref| <= tol or |got - ref| <= tol * |ref| (Polygraphy's convention)."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    diff = np.abs(got - ref)
+    return (diff <= tol) | (diff <= tol * np.abs(ref))
+
+
+@pytest.fixture(scope="session")
+def assert_outputs_match() -> Callable[..., None]:
+    """assert_outputs_match(got, ref, threshold): ORT outputs (dict) equal the PyTorch ones (tuple or dict)."""
+
+    def check(got: dict[str, np.ndarray], ref, threshold: float, what: str = "") -> None:
+        if not isinstance(ref, dict):
+            ref = dict(zip(("logits", "score", "is_ood", "label"), (np.asarray(t) for t in ref)))
+        for name in ("logits", "score"):
+            assert got[name].shape == ref[name].shape, f"{what} {name}: {got[name].shape} vs {ref[name].shape}"
+            ok = within_tolerance(got[name], ref[name])
+            worst = float(np.max(np.abs(got[name].astype(np.float64) - ref[name]))) if got[name].size else 0.0
+            assert ok.all(), f"{what} {name}: {int((~ok).sum())} elements beyond 1e-4 (max |diff| {worst:.3g})"
+        assert got["is_ood"].dtype == np.bool_ and got["label"].dtype == np.int64
+        score = ref["score"].astype(np.float64)
+        clear = np.abs(score - threshold) > TOL * max(1.0, abs(threshold))
+        assert np.array_equal(got["is_ood"][clear], ref["is_ood"][clear]), f"{what}: is_ood disagrees"
+        np.testing.assert_array_equal(ref["is_ood"], score < np.float32(threshold))
+        top2 = np.sort(ref["logits"].astype(np.float64), axis=1)[:, -2:]
+        clear_label = (top2[:, 1] - top2[:, 0]) > TOL
+        assert np.array_equal(got["label"][clear_label], ref["label"][clear_label]), f"{what}: labels disagree"
+
+    return check
