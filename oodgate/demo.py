@@ -83,7 +83,12 @@ def run_demo(out_dir: str | Path, methods: list[str] | None = None, *, n_ood: in
 
 def demo_report(result: DemoResult) -> str:
     """The demo's metrics table and parity verdict as Markdown."""
-    lines = ["AUROC and FPR@95%TPR (classic: ID positive), in %, digits 'test' as ID; ONNX Runtime CPU scores.", "",
+    lines = ["# Demo: detectors on the embedded digits CNN", "",
+             "Produced by `oodgate demo --report docs/DIGITS.md`. The digits CNN (99.5 % test accuracy) is fitted on "
+             "1000 'train' digits, the threshold on 400 'calib' digits; ID = 397 'test' digits; each OOD set has "
+             f"300 images made at the digits' native 8x8 size. Scores come from the exported graphs run by ONNX "
+             "Runtime (CPU).", "",
+             "AUROC and FPR@95%TPR (classic: ID positive), in %:", "",
              metrics_table(result.evaluations), "",
              "Parity ONNX Runtime vs PyTorch (atol 1e-4, rtol 1e-4): " +
              ("PASS" if result.parity_passed else "FAIL"),
