@@ -229,7 +229,7 @@ def evaluate(
     from .data.sets import load_image_set
     from .evaluation import evaluate_session, metrics_table
     from .report import threshold_options, threshold_table, write_report
-    from .runtime import Session
+    from .runtime.providers import open_session
 
     try:
         tprs = [float(t) for t in tpr_grid.split(",") if t.strip()]
@@ -239,7 +239,7 @@ def evaluate(
         raise OodgateError(f"{report} already holds a report: choose another folder or pass --force")
     id_set = load_image_set(id_data)
     oods = {name: load_image_set(spec) for name, spec in _parse_named(ood).items()}
-    with Session(graph, providers=provider) as sess:
+    with open_session(graph, provider) as sess:
         ev = evaluate_session(sess, id_set, oods, batch_size=batch_size)
     _echo(metrics_table([ev]))
     d = ev.to_dict()
