@@ -57,9 +57,12 @@ def smallest_n_mask_bisection(a: torch.Tensor, n: int, steps: int = BISECTION_ST
     After the search count(a <= lo) < n <= count(a <= hi); all of a <= lo is selected, plus the first
     (by index) entries of (lo, hi] until exactly n are selected.
     """
-    lo = torch.full_like(a[:, :1], -1.0)
-    hi = a.max(dim=1, keepdim=True).values
     target = float(n)
+    # exact zeros (dead units) are common: settle "the boundary is 0" before bisecting, so that zeros are never
+    # confused with tiny positive values that 64 halvings of [0, max] cannot separate from them
+    zeros_enough = (a <= 0).to(a.dtype).sum(dim=1, keepdim=True) >= target
+    lo = torch.where(zeros_enough, torch.full_like(a[:, :1], -1.0), torch.zeros_like(a[:, :1]))
+    hi = torch.where(zeros_enough, torch.zeros_like(a[:, :1]), a.max(dim=1, keepdim=True).values)
     for _ in range(steps):
         mid = (lo + hi) * 0.5
         enough = (a <= mid).to(a.dtype).sum(dim=1, keepdim=True) >= target
@@ -175,6 +178,14 @@ class _AdaSCALE(Detector):
         raise OodgateError(f"'{self.name}' perturbs the input, so it is fitted from the model and images: use "
                            "oodgate.calibrate(model, id_data, method=...) or .fit_model(split_model, batches)")
 
+    def head(self) -> nn.Module:
+        if not self.is_fitted:
+            from ..errors import NotFittedError
+
+            raise NotFittedError(f"detector '{self.name}' is not fitted: use oodgate.calibrate(model, id_data, "
+                                 f"method='{self.name}') or .fit_model(split_model, batches)")
+        return self.head_
+
     def _build_head(self) -> AdaSCALEHead:
         prm = self.params
         return AdaSCALEHead(self.weight_, self.bias_, self.ecdf_, variant=self.variant, p_min=prm["p_min"],
@@ -266,10 +277,11 @@ class _AdaSCALE(Detector):
         """The exportable x -> (z*, score, label) module (gradient branch traced into plain operators)."""
         from ..exporter.gradient import trace_logits_and_input_gradient
 
+        head = self.head()
         shape = tuple(int(s) for s in self.input_shape_)
         example = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
         gradient = trace_logits_and_input_gradient(_LogitsAndFeatures(split).eval(), example)
-        return AdaSCALEScorer(gradient, self.head(), _n_selected(shape, self.params["o"]),
+        return AdaSCALEScorer(gradient, head, _n_selected(shape, self.params["o"]),
                               self.params["eps"]).eval()
 
 
