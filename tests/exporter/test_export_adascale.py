@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -25,70 +24,17 @@ from oodgate.detectors.adascale import smallest_n_mask_bisection  # noqa: E402
 from oodgate.exporter import export  # noqa: E402
 from oodgate.exporter.parity import parity  # noqa: E402
 from oodgate.runtime.onnx_graph import constant_values  # noqa: E402
+from tiny_models import TinyResNet, randomise_batch_norm  # noqa: E402
+
 from oodgate.runtime.trt_audit import TOPK_MAX_K, TRT_SUPPORTED_OPS, audit_graph, format_findings  # noqa: E402
 
 #: ORT vs eager reference: |diff| <= TOL or |diff| <= TOL * |reference| (the project's convention)
 TOL = 1e-4
 
-# ---------------------------------------------------------------------------------------------------------
-# A ResNet-style model (copied from tests/exporter/test_gradient.py, wider: D = 128 >= 100 features)
-# ---------------------------------------------------------------------------------------------------------
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block; a strided 1x1 conv + BN downsample when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(y)) + identity)
-
-
-class TinyResNet(nn.Module):
-    """7x7/2 conv stem + 3x3/2 max-pool, two basic blocks (one downsampling), global average pool, linear."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        self.layer1 = BasicBlock(16, 16, 1)
-        self.layer2 = BasicBlock(16, 128, 2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer2(self.layer1(self.stem(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def _tiny_resnet(seed: int) -> TinyResNet:
-    """Random weights (fixed seed) and non-trivial BatchNorm statistics, eval mode."""
+    """Random weights (fixed seed), D = 128 >= 100 features, non-trivial BatchNorm statistics, eval mode."""
     torch.manual_seed(seed)
-    model = TinyResNet()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                module.bias.copy_(0.1 * torch.randn(n, generator=gen))
-    return model.eval()
+    return randomise_batch_norm(TinyResNet(width=128), seed + 1)
 
 
 def _skimage_photos(names: list[str]) -> ImageSet:

@@ -13,6 +13,8 @@ from torch import nn
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+from tiny_models import TinyResNet, randomise_batch_norm  # noqa: E402
+
 from oodgate.exporter.gradient import (  # noqa: E402
     ALLOWED_OPS,
     GradientTraceError,
@@ -43,46 +45,6 @@ class DigitsCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block; a strided 1x1 conv + BN downsample when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(y)) + identity)
-
-
-class TinyResNet(nn.Module):
-    """ResNet-style: 7x7/2 conv stem + 3x3/2 max-pool, two basic blocks, global average pool, linear."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        self.layer1 = BasicBlock(16, 16, 1)
-        self.layer2 = BasicBlock(16, 32, 2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer2(self.layer1(self.stem(x)))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 class PoolingZoo(nn.Module):
     """Exercises the module's own decompositions: avg-pool (ceil mode, no pad count), adaptive avg-pool, SiLU."""
 
@@ -98,20 +60,6 @@ class PoolingZoo(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.pool1(self.act(self.conv1(x)))
         return self.fc(self.pool2(torch.tanh(self.conv2(y))).flatten(1))
-
-
-def _randomise_batch_norm(model: nn.Module, seed: int) -> nn.Module:
-    """Give BatchNorm layers non-trivial running statistics and affine parameters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
-                module.bias.copy_(0.1 * torch.randn(n, generator=gen))
-    return model.eval()
 
 
 def _efficientnet_lite0() -> nn.Module:
@@ -198,7 +146,7 @@ class Family:
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Family:
     """Digits CNN (1x16x16) traced and exported once."""
     torch.manual_seed(0)
-    model = _randomise_batch_norm(DigitsCNN(), seed=1)
+    model = randomise_batch_norm(DigitsCNN(), seed=1)
     example = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     return Family(model, example, tmp_path_factory.mktemp("grad") / "digits.onnx")
 
@@ -207,7 +155,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Family:
 def resnet(tmp_path_factory: pytest.TempPathFactory) -> Family:
     """ResNet-style model (3x64x64) traced and exported once."""
     torch.manual_seed(3)
-    model = _randomise_batch_norm(TinyResNet(), seed=4)
+    model = randomise_batch_norm(TinyResNet(), seed=4)
     example = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     return Family(model, example, tmp_path_factory.mktemp("grad") / "resnet.onnx")
 

@@ -23,20 +23,9 @@ BACKBONE_OPS = {"Conv", "Relu", "MaxPool", "BatchNormalization"}
 ONE_PASS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line", "mos")
 
 
-def exported(digits_graph, method):
-    """The method's digits graph; a multi-pass method whose export does not work yet is skipped (its own export tests
-    in tests/exporter report that), a one-pass method must export."""
-    try:
-        return digits_graph(method)
-    except Exception as exc:  # noqa: BLE001
-        if method in ONE_PASS:
-            raise
-        pytest.skip(f"{method} does not export yet ({type(exc).__name__}: {str(exc)[:120]}); audited once it does")
-
-
 @pytest.mark.parametrize("method", available_detectors())
 def test_plan_covers_the_head_and_none_of_the_backbone(digits_graph, method):
-    path = exported(digits_graph, method)
+    path = digits_graph(method)
     plan = fp32_head_plan(path)
     model = onnx.load(str(path))
     by_op: dict[str, set[str]] = {}

@@ -1,0 +1,150 @@
+"""Detector heads alone (pooled features in, logits/score/label out), fitted on synthetic features, exported to ONNX.
+
+The head is the part of an oodgate graph that the detector adds to the classifier, so its cost as a function of
+batch size and class count is measured here without a backbone (``scaling.py``), and ``overhead.py`` uses it to
+estimate the head's share of a whole graph. Features: |N(0, 1)| (non-negative like pooled ReLU features), W ~
+N(0, 1/D), labels = the classifier's predictions. AdaSCALE's head takes (h, h') (the perturbed features); its
+gradient branch needs a backbone and is timed in ``adascale_floor.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import CACHE, SETUP_VERSION, _versions_key, key_of, method_sources, source_hash, stopwatch
+
+HEAD_SOURCES = ("oodgate/detectors/base.py", "oodgate/detectors/ops.py", "oodgate/exporter/graph.py")
+#: synthetic fit-set size for the heads
+N_FIT = 2000
+
+
+def synthetic_problem(c: int, d: int, n: int = N_FIT, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                                  np.ndarray]:
+    """(features (n, d) float32 >= 0, labels (n,), W (c, d), b (c,)) with labels = argmax(W h + b)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0.0, 1.0 / np.sqrt(d), size=(c, d))
+    b = rng.normal(0.0, 0.01, size=c)
+    # a class-dependent offset so that class means differ (LINe/DICE statistics are then not all alike)
+    h = np.abs(rng.normal(0.0, 1.0, size=(n, d)) + 0.5 * np.maximum(w[rng.integers(c, size=n)], 0) * np.sqrt(d))
+    h = h.astype(np.float32)
+    y = np.argmax(h @ w.T + b, axis=1)
+    return h, y, w, b
+
+
+def fitted_head(method: str, c: int, d: int) -> Any:
+    """The detector's torch head (eval mode) fitted on the synthetic problem of shape (c, d)."""
+    import torch
+
+    from oodgate.detectors import detector
+
+    h, y, w, b = synthetic_problem(c, d)
+    if method in ("adascale_a", "adascale_l"):
+        from oodgate.detectors.adascale import AdaSCALEHead
+
+        rng = np.random.default_rng(1)
+        ecdf = np.sort(rng.gamma(2.0, 1.0, size=5000)).astype(np.float32)
+        return AdaSCALEHead(w, b, ecdf, variant=method[-1], p_min=80.0, p_max=85.0, k1=1.0, k2=5.0,
+                            lam=10.0).eval()
+    if method == "linear":
+        lin = torch.nn.Linear(d, c)
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
+            lin.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+        return lin.eval()
+    if method == "line_where":
+        return _line_where_class().from_head(fitted_head("line", c, d)).eval()
+    params: dict[str, Any] = {}
+    if method == "mos":
+        params = {"groups": "imagenet-taxonomy"} if c == 1000 else {"num_groups": min(4, c // 2)}
+        params.update(steps=50, val=0.0, progress=False)
+    det = detector(method, **params)
+    det.fit(h, y, weight=w, bias=b)
+    return det.head()
+
+
+class _LINeWhereMixin:
+    """LINe's score as oodgate computed it before issue 7: masked weights by Where, then Mul + ReduceSum.
+
+    Kept in the benchmarks only, to measure the rewrite that replaced it (Cast + Mul + one batched MatMul) in the
+    same run; the scores are identical.
+    """
+
+    def score_from(self, h, z):  # noqa: ANN001, ANN201
+        import torch
+
+        from oodgate.detectors.ops import energy
+
+        hc = torch.minimum(h, self.clip)
+        predicted = torch.argmax(self.logits(hc), dim=1)
+        s_l = self.abs_contribution.index_select(0, predicted)
+        t_l = self.thresholds.index_select(0, predicted)
+        x = hc * self.neuron_mask.index_select(0, predicted)
+        keep = (s_l[:, None, :] * self.weight[None, :, :]) > t_l[:, None, None]
+        masked = torch.where(keep, self.weight[None, :, :], torch.zeros((), dtype=h.dtype))
+        return energy((masked * x[:, None, :]).sum(dim=2) + self.bias)
+
+
+def _line_where_class():  # noqa: ANN202
+    from oodgate.detectors.line import LINeHead
+
+    class LINeWhereHead(_LINeWhereMixin, LINeHead):
+        @classmethod
+        def from_head(cls, head):  # noqa: ANN001, ANN206
+            new = cls.__new__(cls)
+            new.__dict__.update(head.__dict__)
+            return new
+
+    return LINeWhereHead
+
+
+def head_inputs(method: str, c: int, d: int, batch: int) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds for the head graph: real-looking features (and perturbed ones for AdaSCALE)."""
+    h, _, _, _ = synthetic_problem(c, d, n=max(batch, 1), seed=7)
+    h = np.ascontiguousarray(h[:batch])
+    if method in ("adascale_a", "adascale_l"):
+        rng = np.random.default_rng(8)
+        h2 = np.abs(h + rng.normal(0.0, 0.05, size=h.shape)).astype(np.float32)
+        return {"h": h, "h2": np.ascontiguousarray(h2)}
+    return {"h": h}
+
+
+def head_graph_path(method: str, c: int, d: int) -> Path:
+    """The head of ``method`` at C classes x D features exported like oodgate's graphs (dynamo, opset 18, dynamic
+    batch, optimize=True), cached."""
+    import torch
+
+    base = "line" if method == "line_where" else method
+    key = key_of(SETUP_VERSION, method, c, d, N_FIT, source_hash([*HEAD_SOURCES, *method_sources(base)]),
+                 _versions_key())
+    path = CACHE / "heads" / f"{method}-c{c}-d{d}-{key}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with stopwatch(f"fit + export head {method} C={c} D={d}", "export"):
+        head = fitted_head(method, c, d)
+        two = method in ("adascale_a", "adascale_l")
+        gen = torch.Generator().manual_seed(0)
+        example = torch.rand((2, d), generator=gen)
+        args = (example, example * 1.01) if two else (example,)
+        batch = torch.export.Dim("batch", min=1)
+        names = ["h", "h2"] if two else ["h"]
+        outputs = ["logits"] if method == "linear" else ["logits", "score", "label"]
+        import logging
+        import warnings
+
+        loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(head, args, dynamo=True, opset_version=18, input_names=names,
+                                        output_names=outputs, dynamic_shapes=tuple({0: batch} for _ in names),
+                                        verbose=False, optimize=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        program.save(str(tmp))
+        os.replace(tmp, path)
+    return path
