@@ -8,8 +8,8 @@
 Each question is also a script of its own (bench/overhead.py, session_options.py, ort_vs_eager.py,
 adascale_floor.py, calibration_cost.py, scaling.py), run here in its own process, two at a time by default.
 Graphs and calibrations are cached in bench/.cache/ (gitignored): the first run on a machine also calibrates and
-exports them (about 45 graphs and 60 detector heads: 15-20 minutes of torch.onnx.export on a 2-core machine);
-later runs only time. An edit of a detector or of the exporter re-exports only the graphs it affects.
+exports them (about 45 graphs and 60 detector heads; torch.onnx.export takes up to half a minute per 224x224
+graph on a 2-core machine, more for AdaSCALE's); later runs only time. An edit of a detector or of the exporter re-exports only the graphs it affects.
 """
 
 from __future__ import annotations
