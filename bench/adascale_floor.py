@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (CACHE, Section, Stat, _versions_key, bare_graph_path, bench_model, calibration, chosen_models,
-                    common_args, eager_floor_runner, eager_runner, fmt_ratio, fmt_stat_time, fmt_time, graph_path, key_of, log,
-                    md_table, ort_cpu, ort_runner, ratio, save_results, set_threads, source_hash, stopwatch,
-                    time_interleaved, verdict)
+from common import (CACHE, bare_graph_path, bench_model, calibration, chosen_models, eager_floor_runner, eager_runner,
+                    fmt_ratio, fmt_stat_time, fmt_time, graph_path, key_of, log, md_table, model_digest, ort_cpu,
+                    ort_runner, ratio, script_main, Section, set_threads, source_hash, Stat, stopwatch,
+                    time_interleaved, verdict, _versions_key)
 
 TARGET = 1.1
 #: the 224x224 models run at batch 8 (EfficientNet-Lite0) and 4 (ResNet-50-sized), not 32: their eager variants take
@@ -43,17 +43,11 @@ REPS = {("digits-cnn", 1): 11, ("digits-cnn", 32): 9, ("efficientnet-lite0", 1):
 
 def gradient_graph_path(bm) -> Path:  # noqa: ANN001
     """oodgate's traced (logits, input gradient of the predicted logit) graph of the classifier, cached."""
-    import hashlib
-
     import torch
 
     from oodgate.exporter.gradient import export_gradient_onnx, trace_logits_and_input_gradient
 
-    digest = hashlib.sha256()
-    for k, v in bm.split.state_dict().items():
-        digest.update(k.encode())
-        digest.update(v.detach().numpy().tobytes())
-    key = key_of(digest.hexdigest(), bm.input_shape, source_hash(["oodgate/exporter/gradient.py"]), _versions_key())
+    key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/exporter/gradient.py"]), _versions_key())
     path = CACHE / "graphs" / bm.name / f"gradient-{key}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,13 +243,5 @@ batch 4 (ConvTranspose: the input gradients of the convolutions; Where: the ReLU
                    time.perf_counter() - t_start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common_args(parser)
-    sec = run(parser.parse_args())
-    save_results(sec)
-    print(sec.markdown())
-
-
 if __name__ == "__main__":
-    main()
+    script_main(run, __doc__)

@@ -479,11 +479,7 @@ def bare_graph_path(bm: BenchModel) -> Path:
 
     from oodgate.exporter import _quiet_export
 
-    digest = hashlib.sha256()
-    for k, v in bm.split.state_dict().items():
-        digest.update(k.encode())
-        digest.update(v.detach().numpy().tobytes())
-    key = key_of(digest.hexdigest(), bm.input_shape, source_hash(["oodgate/exporter/__init__.py"]), _versions_key())
+    key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/exporter/__init__.py"]), _versions_key())
     path = CACHE / "graphs" / bm.name / f"bare-{key}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -555,6 +551,26 @@ def write_atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def script_main(run: Callable[[Any], "Section"], doc: str | None) -> None:
+    """A question's script run alone: parse the common arguments, run, save the results, print the section."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_args(parser)
+    sec = run(parser.parse_args())
+    save_results(sec)
+    print(sec.markdown())
+
+
+def model_digest(bm: BenchModel) -> str:
+    """sha256 over the classifier's state (names and values): part of the cache key of graphs traced from it."""
+    digest = hashlib.sha256()
+    for k, v in bm.split.state_dict().items():
+        digest.update(k.encode())
+        digest.update(v.detach().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def common_args(parser: Any, *, default_threads: int = 1) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (SINGLE_PASS, Section, Stat, bench_model, calibration, chosen_models, common_args, eager_runner,
-                    fmt_ratio, fmt_time, graph_path, log, md_table, ort_cpu, ort_runner, ratio, save_results,
-                    set_threads, time_interleaved, verdict)
+from common import (SINGLE_PASS, bench_model, calibration, chosen_models, eager_runner, fmt_ratio, fmt_time,
+                    graph_path, log, md_table, ort_cpu, ort_runner, ratio, script_main, Section, set_threads, Stat,
+                    time_interleaved, verdict)
 
 TARGET = 1.3
 #: eager calls of the 224x224 models at batch 32 take seconds on one core, and the single-pass heads are a small
@@ -78,13 +78,5 @@ alone for the ResNet-50-sized CNN at batch 32; the backbone is most of every oth
                    time.perf_counter() - t_start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common_args(parser)
-    sec = run(parser.parse_args())
-    save_results(sec)
-    print(sec.markdown())
-
-
 if __name__ == "__main__":
-    main()
+    script_main(run, __doc__)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (METHODS, SINGLE_PASS, Section, Stat, bare_graph_path, bench_model, chosen_models, common_args,
-                    fmt_ratio, fmt_stat_time, graph_path, log, md_table, ort_cpu, ort_runner, ratio, save_results,
-                    set_threads, time_interleaved)
+from common import (METHODS, SINGLE_PASS, bare_graph_path, bench_model, chosen_models, fmt_ratio, fmt_stat_time,
+                    graph_path, log, md_table, ort_cpu, ort_runner, ratio, script_main, Section, set_threads, Stat,
+                    time_interleaved)
 from heads import head_graph_path, head_inputs
 
 TARGET = 1.03
@@ -112,13 +112,5 @@ when the median is above but the head-only estimate is within the target (the ex
                    time.perf_counter() - t_start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common_args(parser)
-    sec = run(parser.parse_args())
-    save_results(sec)
-    print(sec.markdown())
-
-
 if __name__ == "__main__":
-    main()
+    script_main(run, __doc__)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (METHODS, Section, Stat, bare_graph_path, bench_model, common_args, fmt_time, graph_path, log,
-                    md_table, ort_cpu, ort_runner, save_results, set_threads, time_interleaved)
+from common import (METHODS, bare_graph_path, bench_model, fmt_time, graph_path, log, md_table, ort_cpu, ort_runner,
+                    script_main, Section, set_threads, Stat, time_interleaved)
 from heads import head_graph_path, head_inputs
 
 #: ``line_where``: LINe's head as it was before issue 7 (Where + Mul + ReduceSum), to measure the rewrite in one run
@@ -172,13 +172,5 @@ memory for a few of them per batch — choose the batch size with this table.
                    time.perf_counter() - t_start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common_args(parser)
-    sec = run(parser.parse_args())
-    save_results(sec)
-    print(sec.markdown())
-
-
 if __name__ == "__main__":
-    main()
+    script_main(run, __doc__)

@@ -16,9 +16,9 @@ import os
 import time
 import warnings
 
-from common import (CACHE, GRAPH_SOURCES, Section, Stat, _versions_key, bench_model, calibration, common_args, fmt_ratio,
-                    fmt_stat_time, graph_path, key_of, log, method_sources, md_table, ort_runner, ratio, save_results, set_threads,
-                    source_hash, stopwatch, time_interleaved)
+from common import (CACHE, GRAPH_SOURCES, bench_model, calibration, fmt_ratio, fmt_stat_time, graph_path, key_of, log,
+                    md_table, method_sources, ort_runner, ratio, script_main, Section, set_threads, source_hash, Stat,
+                    stopwatch, time_interleaved, _versions_key)
 
 REPS = {1: 9, 32: 5}
 
@@ -101,13 +101,5 @@ variant time / oodgate default time per repetition, median [q1–q3] (< 1: faste
                    time.perf_counter() - t_start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common_args(parser)
-    sec = run(parser.parse_args())
-    save_results(sec)
-    print(sec.markdown())
-
-
 if __name__ == "__main__":
-    main()
+    script_main(run, __doc__)
