@@ -29,8 +29,8 @@ def fit_line_state(class_means: np.ndarray, weight: np.ndarray, p_w: float, p_a:
     def threshold(c: int) -> float:
         return float(np.percentile(abs_s[c][None, :] * weight, p_w))
 
-    # C percentiles over C*D products each (O(C^2 D): 36 s at 1000 x 2048 on one core); NumPy's multiply and
-    # partition release the GIL, so a thread per core divides that time with identical results
+    # C percentiles over C*D products each (O(C^2 D): about half a minute at 1000 x 2048 on one core); NumPy's
+    # multiply and partition release the GIL, so a thread per core divides that time with identical results
     workers = min(os.cpu_count() or 1, 8, weight.shape[0])
     if workers > 1 and weight.size >= 1 << 16:
         with ThreadPoolExecutor(workers) as pool:
@@ -59,8 +59,8 @@ class LINeHead(DetectorHead):
         x = hc * self.neuron_mask.index_select(0, predicted)  # (N, D)
         keep = (s_l[:, None, :] * self.weight[None, :, :]) > t_l[:, None, None]  # (N, C, D)
         # Cast + Mul and one batched MatMul rather than Where + Mul + ReduceSum: ONNX Runtime's broadcasting Where
-        # is its slowest kernel on (N, C, D) tensors; this form measured 1.2x (batch 1) to 2.2x (batch 64) faster
-        # at C=1000, D=2048 on one CPU thread, with identical scores (W * 0 = 0 where a weight is masked)
+        # is its slowest kernel on (N, C, D) tensors. Same scores (W * 0 = 0 where a weight is masked); bench/scaling.py
+        # times both forms (`line` vs `line_where`; docs/BENCHMARKS.md)
         masked = keep.to(h.dtype) * self.weight
         z_line = torch.matmul(masked, x[:, :, None])[:, :, 0] + self.bias
         return energy(z_line)
