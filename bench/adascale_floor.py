@@ -22,15 +22,14 @@ Target: graph within 1.1x of the eager floor.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import (CACHE, bare_graph_path, bench_model, calibration, chosen_models, eager_floor_runner, eager_runner,
-                    fmt_ratio, fmt_stat_time, fmt_time, graph_path, key_of, log, md_table, model_digest, ort_cpu,
-                    ort_runner, ratio, script_main, Section, set_threads, source_hash, Stat, stopwatch,
+from common import (CACHE, bare_graph_path, bench_model, cached_file, calibration, chosen_models, eager_floor_runner,
+                    eager_runner, fmt_ratio, fmt_stat_time, fmt_time, graph_path, key_of, log, md_table, model_digest,
+                    ort_cpu, ort_runner, ratio, script_main, Section, set_threads, source_hash, Stat,
                     time_interleaved, verdict, _versions_key)
 
 TARGET = 1.1
@@ -48,16 +47,13 @@ def gradient_graph_path(bm) -> Path:  # noqa: ANN001
     from oodgate.exporter.gradient import export_gradient_onnx, trace_logits_and_input_gradient
 
     key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/exporter/gradient.py"]), _versions_key())
-    path = CACHE / "graphs" / bm.name / f"gradient-{key}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(0))
-        with stopwatch(f"trace + export {bm.name} gradient branch", "export"):
-            module = trace_logits_and_input_gradient(bm.split, example)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            export_gradient_onnx(module, example, tmp, input_names=("input",))
-            os.replace(tmp, path)
-    return path
+    example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(0))
+
+    def write(tmp: Path) -> None:
+        export_gradient_onnx(trace_logits_and_input_gradient(bm.split, example), example, tmp, input_names=("input",))
+
+    return cached_file(CACHE / "graphs" / bm.name / f"gradient-{key}.onnx",
+                       f"trace + export {bm.name} gradient branch", write)
 
 
 def conv_rewrite_path(grad_path: Path) -> Path:
@@ -68,9 +64,14 @@ def conv_rewrite_path(grad_path: Path) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
-    out = grad_path.with_name(grad_path.stem + "-convrewrite.onnx")
-    if out.is_file():
-        return out
+    return cached_file(grad_path.with_name(grad_path.stem + "-convrewrite.onnx"), "conv rewrite of "
+                       + grad_path.name, lambda tmp: onnx.save(_conv_rewrite(grad_path), str(tmp)), kind=None)
+
+
+def _conv_rewrite(grad_path: Path):  # noqa: ANN202
+    import onnx
+    from onnx import helper, numpy_helper
+
     model = onnx.load(str(grad_path))
     inits = {i.name: i for i in model.graph.initializer}
     nodes = []
@@ -101,10 +102,7 @@ def conv_rewrite_path(grad_path: Path) -> Path:
             nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out)
-    return out
+    return model
 
 
 def op_profile(path: Path, x: np.ndarray, threads: int, runs: int = 3) -> dict[str, float]:

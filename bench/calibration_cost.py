@@ -24,14 +24,14 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import (BENCH, CACHE, Section, fmt_time, log, md_table, save_results, set_threads, verdict)
+from common import (BENCH, CACHE, fmt_time, log, md_table, run_json_child, save_results, Section, set_threads,
+                    verdict)
 
 SHAPES = {"imagenet": (1000, 2048), "mid": (100, 512)}
 #: SGD steps timed at ImageNet shape (the default recipe's 2 000 would take minutes here)
@@ -164,10 +164,7 @@ def _data_file(shape: str, n: int) -> Path:
 def _run_child(task: str, data: Path, threads: int) -> dict:
     cmd = [sys.executable, str(BENCH / "calibration_cost.py"), "--child", task, "--data", str(data),
            "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"calibration_cost child {task} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(cmd, f"calibration_cost child {task}")
 
 
 def _line_graph_size() -> tuple[str, dict, list[str]]:

@@ -458,18 +458,59 @@ def calibration(bm: BenchModel, method: str) -> Any:
     return cal
 
 
+def cached_file(path: Path, what: str, write: Callable[[Path], Any], kind: str | None = "export") -> Path:
+    """``path`` when it is cached; else ``write(tmp)`` under a stopwatch (counted as ``kind`` in BUILT) and the
+    temporary file renamed into place: two benchmark processes building the same file never see half of it."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    try:
+        with stopwatch(what, kind):
+            write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def quiet_onnx_export(module: Any, args: tuple, path: Path, *, input_names: Sequence[str],
+                      output_names: Sequence[str], optimize: bool = True) -> None:
+    """torch.onnx.export as oodgate exports its graphs (dynamo, opset 18, dynamic batch on every input), chatter
+    silenced, saved to ``path``."""
+    import logging
+    import warnings
+
+    import torch
+
+    for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=18, input_names=list(input_names),
+                                    output_names=list(output_names),
+                                    dynamic_shapes=tuple({0: batch} for _ in input_names), verbose=False,
+                                    optimize=optimize)
+    program.save(str(path))
+
+
+def run_json_child(cmd: Sequence[str], what: str) -> dict:
+    """Run a child process whose last line of output is JSON, and return that (a clear error if it failed)."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def graph_path(bm: BenchModel, method: str) -> Path:
     """The exported oodgate graph of (model, method): oodgate.export of the cached calibration, cached."""
     from oodgate.exporter import export
 
     cal = calibration(bm, method)
     key = key_of(cal.checksum(), source_hash([*GRAPH_SOURCES, *method_sources(method)]), _versions_key())
-    path = CACHE / "graphs" / bm.name / f"{method}-{key}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with stopwatch(f"export {bm.name} {method}", "export"):
-            export(cal, path, model=bm.model, overwrite=True)
-    return path
+    return cached_file(CACHE / "graphs" / bm.name / f"{method}-{key}.onnx", f"export {bm.name} {method}",
+                       lambda tmp: export(cal, tmp, model=bm.model, overwrite=True))
 
 
 def bare_graph_path(bm: BenchModel) -> Path:
@@ -480,16 +521,9 @@ def bare_graph_path(bm: BenchModel) -> Path:
     from oodgate.exporter import _quiet_export
 
     key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/exporter/__init__.py"]), _versions_key())
-    path = CACHE / "graphs" / bm.name / f"bare-{key}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(1234))
-        with stopwatch(f"export {bm.name} bare classifier", "export"):
-            program = _quiet_export(bm.split.eval(), example, 18)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            program.save(str(tmp))
-            os.replace(tmp, path)
-    return path
+    example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(1234))
+    return cached_file(CACHE / "graphs" / bm.name / f"bare-{key}.onnx", f"export {bm.name} bare classifier",
+                       lambda tmp: _quiet_export(bm.split.eval(), example, 18).save(str(tmp)))
 
 
 def ort_cpu(path: Path | str, threads: int) -> Any:

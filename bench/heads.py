@@ -9,13 +9,13 @@ gradient branch needs a backbone and is timed in ``adascale_floor.py``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import CACHE, SETUP_VERSION, _versions_key, key_of, method_sources, source_hash, stopwatch
+from common import (CACHE, SETUP_VERSION, _versions_key, cached_file, key_of, method_sources, quiet_onnx_export,
+                    source_hash)
 
 HEAD_SOURCES = ("oodgate/detectors/base.py", "oodgate/detectors/ops.py", "oodgate/exporter/graph.py")
 #: synthetic fit-set size for the heads
@@ -120,31 +120,13 @@ def head_graph_path(method: str, c: int, d: int) -> Path:
     base = "line" if method == "line_where" else method
     key = key_of(SETUP_VERSION, method, c, d, N_FIT, source_hash([*HEAD_SOURCES, *method_sources(base)]),
                  _versions_key())
-    path = CACHE / "heads" / f"{method}-c{c}-d{d}-{key}.onnx"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with stopwatch(f"fit + export head {method} C={c} D={d}", "export"):
-        head = fitted_head(method, c, d)
-        two = method in ("adascale_a", "adascale_l")
-        gen = torch.Generator().manual_seed(0)
-        example = torch.rand((2, d), generator=gen)
-        args = (example, example * 1.01) if two else (example,)
-        batch = torch.export.Dim("batch", min=1)
-        names = ["h", "h2"] if two else ["h"]
-        outputs = ["logits"] if method == "linear" else ["logits", "score", "label"]
-        import logging
-        import warnings
+    two = method in ("adascale_a", "adascale_l")
 
-        loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(head, args, dynamo=True, opset_version=18, input_names=names,
-                                        output_names=outputs, dynamic_shapes=tuple({0: batch} for _ in names),
-                                        verbose=False, optimize=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        program.save(str(tmp))
-        os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        example = torch.rand((2, d), generator=torch.Generator().manual_seed(0))
+        quiet_onnx_export(fitted_head(method, c, d), (example, example * 1.01) if two else (example,), tmp,
+                          input_names=["h", "h2"] if two else ["h"],
+                          output_names=["logits"] if method == "linear" else ["logits", "score", "label"])
+
+    return cached_file(CACHE / "heads" / f"{method}-c{c}-d{d}-{key}.onnx",
+                       f"fit + export head {method} C={c} D={d}", write)

@@ -69,8 +69,8 @@ def _overhead_notes(sec: Section, scaling: Section | None = None) -> list[str]:
             "ONNX Runtime custom op or TensorRT plugin computing z_c = Σ_d W_cd x_d 1[|S_ld| W_cd > t_l] in one "
             "pass that reads W once per sample, about the cost of the Linear — at the price of leaving plain ONNX "
             "(every runtime would need the op). A smaller one, not made: storing `neuron_mask` as bool instead of "
-            "float32 (graph 23.5 → 17.6 MiB at ImageNet shape; a Gather on bool tensors, not checkable on "
-            "TensorRT here).")
+            "float32 (a quarter of that constant's bytes; a Gather on bool tensors, not checkable on TensorRT "
+            "here).")
     noise = [(k, m, v) for k, r in res.items() for m, v in r["methods"].items() if v["target_met"] is None
              and v["single_pass"]]
     if noise:
@@ -111,18 +111,22 @@ def _eager_notes(sections: dict[str, Section]) -> list[str]:
             bwd_ratio = parts["eager: backward to input (floor − 2 forwards)"] / max(
                 parts["ORT: backward to input (ORT floor − 2 forwards)"], 1e-12)
             rw = _med(r["conv_rewrite_ratio"])
+            rws = [_med(x["conv_rewrite_ratio"]) for x in ada.data["results"].values()]
+            rw_lo, rw_hi = min(rws), max(rws)
+            ort_bwd_fwd = parts["ORT: backward to input (ORT floor − 2 forwards)"] / parts["ORT: forward (bare graph)"]
+            eager_bwd_fwd = parts["eager: backward to input (floor − 2 forwards)"] / parts["eager: forward"]
             out.append(
                 "**AdaSCALE vs its PyTorch-eager reference (question 2's ≥ 1.3× target, timed in question 3): "
                 + ", ".join(f"{k.replace('/b', ' batch ')} {gg} {ss:.2f}×" for k, gg, ss, _ in low) + ".** "
                 f"AdaSCALE is forward + backward-to-input + forward. At {key.replace('/b', ' batch ')} ONNX Runtime "
                 f"runs the forward {fwd_ratio:.1f}× faster than PyTorch, but the backward only {bwd_ratio:.1f}× "
-                "(question 3's breakdown; in ONNX Runtime the backward is ConvTranspose and the masks' Where — see "
-                "its profile table — while PyTorch's backward-data convolutions are about as fast as its "
-                "forward ones), so the more of the time the backward takes, the closer the ratio sinks to 1. "
+                f"(question 3's breakdown: ONNX Runtime's backward takes {ort_bwd_fwd:.1f}× its forward, PyTorch's "
+                f"{eager_bwd_fwd:.1f}×; in ONNX Runtime the backward is ConvTranspose and the masks' Where — see its "
+                "profile table), so the more of the time the backward takes, the closer the ratio sinks to 1. "
                 "The stride-1 ConvTranspose → Conv rewrite measured in question 3 "
-                f"changes the ORT floor by {rw:.2f}× here — a candidate for `oodgate/exporter/gradient.py`'s "
-                "conv-backward decomposition (not made: it changes every AdaSCALE graph for at most ~14 % on the "
-                "floor), and not enough to reach 1.3×. What "
+                f"changes the ORT floor by {rw:.2f}× here ({rw_lo:.2f}–{rw_hi:.2f}× over question 3's models and "
+                "batches) — a candidate for `oodgate/exporter/gradient.py`'s conv-backward decomposition, not made "
+                "for so small a change of every AdaSCALE graph, and not enough to reach 1.3×. What "
                 "would: a faster backward-data convolution in ONNX Runtime's CPU provider (an upstream matter), or "
                 "running AdaSCALE's gradient branch on a GPU / TensorRT, where the backward convolutions use the "
                 "same kernels as the forward ones.")

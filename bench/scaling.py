@@ -15,8 +15,6 @@ head is timed from (h, h') — its gradient branch and second forward scale like
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (METHODS, bare_graph_path, bench_model, fmt_time, graph_path, log, md_table, ort_cpu, ort_runner,
-                    script_main, Section, set_threads, Stat, time_interleaved)
+                    run_json_child, script_main, Section, set_threads, Stat, time_interleaved)
 from heads import head_graph_path, head_inputs
 
 #: ``line_where``: LINe's head as it was before issue 7 (Where + Mul + ReduceSum), to measure the rewrite in one run
@@ -57,10 +55,7 @@ def _peak_memory(method: str, batch: int, threads: int) -> dict:
     code = ("import json, sys; sys.path.insert(0, %r); from scaling import _memory_child; "
             "print(json.dumps(_memory_child(%r, %r, %d, %d)))" % (str(Path(__file__).parent), str(path), method,
                                                                    batch, threads))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child {method} batch {batch} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child([sys.executable, "-c", code], f"memory child {method} batch {batch}")
 
 
 def _head_runner(sess, feeds):  # noqa: ANN001, ANN202

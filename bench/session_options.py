@@ -11,14 +11,12 @@ interleaved; ratio = variant / oodgate default per repetition (< 1 = faster than
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import time
-import warnings
+from pathlib import Path
 
-from common import (CACHE, GRAPH_SOURCES, bench_model, calibration, fmt_ratio, fmt_stat_time, graph_path, key_of, log,
-                    md_table, method_sources, ort_runner, ratio, script_main, Section, set_threads, source_hash, Stat,
-                    stopwatch, time_interleaved, _versions_key)
+from common import (CACHE, GRAPH_SOURCES, bench_model, cached_file, calibration, fmt_ratio, fmt_stat_time, graph_path,
+                    key_of, log, md_table, method_sources, ort_runner, quiet_onnx_export, ratio, script_main, Section,
+                    set_threads, source_hash, Stat, time_interleaved, _versions_key)
 
 REPS = {1: 9, 32: 5}
 
@@ -43,22 +41,13 @@ def _unoptimized_export(bm, method: str):  # noqa: ANN001, ANN202
 
     cal = calibration(bm, method)
     key = key_of(cal.checksum(), source_hash([*GRAPH_SOURCES, *method_sources(method)]), _versions_key(), "noopt")
-    path = CACHE / "graphs" / bm.name / f"{method}-noopt-{key}.onnx"
-    if path.is_file():
-        return path
-    module = build_graph_module(cal, bm.split)
-    example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(1234))
-    for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with stopwatch(f"export {bm.name} {method} optimize=False", "export"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=18, input_names=[INPUT_NAME],
-                                    output_names=list(OUTPUT_NAMES),
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), optimize=False)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        program.save(str(tmp))
-        os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(1234))
+        quiet_onnx_export(build_graph_module(cal, bm.split), (example,), tmp, input_names=[INPUT_NAME],
+                          output_names=OUTPUT_NAMES, optimize=False)
+
+    return cached_file(CACHE / "graphs" / bm.name / f"{method}-noopt-{key}.onnx",
+                       f"export {bm.name} {method} optimize=False", write)
 
 
 def run(args: argparse.Namespace) -> Section:
