@@ -55,8 +55,9 @@ def fitted_head(method: str, c: int, d: int) -> Any:
             lin.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
             lin.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
         return lin.eval()
-    if method == "line_where":
-        return _line_where_class().from_head(fitted_head("line", c, d)).eval()
+    if method == "line_previous":
+        det = detector("line").fit(h, y, weight=w, bias=b)
+        return previous_line_head(det).eval()
     params: dict[str, Any] = {}
     if method == "mos":
         params = {"groups": "imagenet-taxonomy"} if c == 1000 else {"num_groups": min(4, c // 2)}
@@ -66,39 +67,37 @@ def fitted_head(method: str, c: int, d: int) -> Any:
     return det.head()
 
 
-class _LINeWhereMixin:
-    """LINe's score as oodgate computed it before issue 7: masked weights by Where, then Mul + ReduceSum.
+def previous_line_head(det: Any) -> Any:
+    """LINe's head as oodgate built it before issue 16, from a fitted LINe detector's public state: per sample the
+    (N, C, D) products |S_l| * W compared with t_l, Cast + Mul, one batched MatMul. Kept in the benchmarks only, to
+    measure the head that replaced it (one gathered row of cuts, blocks of classes) in the same run; same scores."""
+    import torch
 
-    Kept in the benchmarks only, to measure the rewrite that replaced it (Cast + Mul + one batched MatMul) in the
-    same run; the scores are identical.
-    """
+    from oodgate.detectors.ops import energy
 
-    def score_from(self, h, z):  # noqa: ANN001, ANN201
-        import torch
+    state = det.fitted_state()
 
-        from oodgate.detectors.ops import energy
+    class PreviousLINeHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, value in (("weight", state["weight"]), ("bias", state["bias"]),
+                                ("abs_contribution", np.abs(state["contribution"])),
+                                ("neuron_mask", state["neuron_mask"]), ("thresholds", state["thresholds"])):
+                self.register_buffer(name, torch.as_tensor(np.asarray(value, np.float32)))
+            self.register_buffer("clip", torch.tensor(float(det.fit_info()["clip"])))
 
-        hc = torch.minimum(h, self.clip)
-        predicted = torch.argmax(self.logits(hc), dim=1)
-        s_l = self.abs_contribution.index_select(0, predicted)
-        t_l = self.thresholds.index_select(0, predicted)
-        x = hc * self.neuron_mask.index_select(0, predicted)
-        keep = (s_l[:, None, :] * self.weight[None, :, :]) > t_l[:, None, None]
-        masked = torch.where(keep, self.weight[None, :, :], torch.zeros((), dtype=h.dtype))
-        return energy((masked * x[:, None, :]).sum(dim=2) + self.bias)
+        def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            z = torch.nn.functional.linear(h, self.weight, self.bias)
+            hc = torch.minimum(h, self.clip)
+            predicted = torch.argmax(torch.nn.functional.linear(hc, self.weight, self.bias), dim=1)
+            s_l = self.abs_contribution.index_select(0, predicted)
+            t_l = self.thresholds.index_select(0, predicted)
+            x = hc * self.neuron_mask.index_select(0, predicted)
+            keep = (s_l[:, None, :] * self.weight[None, :, :]) > t_l[:, None, None]
+            masked = keep.to(h.dtype) * self.weight
+            return z, energy(torch.matmul(masked, x[:, :, None])[:, :, 0] + self.bias), torch.argmax(z, dim=1)
 
-
-def _line_where_class():  # noqa: ANN202
-    from oodgate.detectors.line import LINeHead
-
-    class LINeWhereHead(_LINeWhereMixin, LINeHead):
-        @classmethod
-        def from_head(cls, head):  # noqa: ANN001, ANN206
-            new = cls.__new__(cls)
-            new.__dict__.update(head.__dict__)
-            return new
-
-    return LINeWhereHead
+    return PreviousLINeHead()
 
 
 def head_inputs(method: str, c: int, d: int, batch: int) -> dict[str, np.ndarray]:
@@ -117,7 +116,7 @@ def head_graph_path(method: str, c: int, d: int) -> Path:
     batch, optimize=True), cached."""
     import torch
 
-    base = "line" if method == "line_where" else method
+    base = "line" if method == "line_previous" else method
     key = key_of(SETUP_VERSION, method, c, d, N_FIT, source_hash([*HEAD_SOURCES, *method_sources(base)]),
                  _versions_key())
     two = method in ("adascale_a", "adascale_l")

@@ -40,30 +40,70 @@ def fit_line_state(class_means: np.ndarray, weight: np.ndarray, p_w: float, p_a:
     return s, neuron_mask, thresholds
 
 
-class LINeHead(DetectorHead):
-    """h' = min(h, c); l = argmax(W h' + b); score = E((W * M(l)) (h' * m_l) + b)."""
+def line_weight_cuts(weight: np.ndarray, contribution: np.ndarray, neuron_mask: np.ndarray,
+                     thresholds: np.ndarray) -> np.ndarray:
+    """cut (C, D) float32 such that W32[c, d] > cut[l, d]  <=>  M(l)[c, d] and m_l[d] (LINe's two masks of class l).
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, contribution: np.ndarray, neuron_mask: np.ndarray,
-                 thresholds: np.ndarray, clip: float) -> None:
+    For a fixed (l, d) the kept weights of column d are those with |S_ld| W_cd > t_l (a float64 product that is
+    monotone in W_cd), so they are the column's largest ones: cut[l, d] = the largest dropped weight of column d
+    (in float32), found per column by a binary search on the sorted column and made exact on the product at the
+    boundary. A neuron outside m_l drops its whole column (cut = +max); a column with nothing dropped has -max.
+    Same decisions as the float64 product, O(C D log C) work, and the graph compares W with one gathered row.
+    """
+    w = np.asarray(weight, np.float64)
+    a = np.abs(np.asarray(contribution, np.float64))
+    t = np.asarray(thresholds, np.float64)
+    c_n, d_n = w.shape
+    big = np.finfo(np.float32).max
+    order = np.argsort(w, axis=0, kind="stable")
+    ws = np.take_along_axis(w, order, axis=0)  # (C, D), each column ascending
+    ws32 = ws.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        guess = t[:, None] / a  # (C classes, D): kept <=> W > t_l / |S_ld| up to rounding
+    k = np.empty((c_n, d_n), np.int64)  # k[l, d] = number of dropped weights of column d for class l
+    for d in range(d_n):
+        k[:, d] = np.searchsorted(ws[:, d], guess[:, d], side="right")
+    zero = a == 0  # product 0: all kept if t_l < 0, all dropped otherwise
+    k[zero] = np.where(t[:, None] >= 0, c_n, 0).repeat(d_n, axis=1)[zero]
+    for _ in range(c_n):  # the division is off by an ulp at most: a step or two moves k onto the product's edge
+        at = np.take_along_axis(ws, np.minimum(k, c_n - 1), axis=0)
+        below = np.take_along_axis(ws, np.maximum(k - 1, 0), axis=0)
+        up = ~zero & (k < c_n) & (a * at <= t[:, None])
+        down = ~zero & (k > 0) & (a * below > t[:, None])
+        if not (up.any() or down.any()):
+            break
+        k += up.astype(np.int64) - down.astype(np.int64)
+    cut = np.where(k > 0, np.take_along_axis(ws32, np.maximum(k - 1, 0), axis=0), -big).astype(np.float32)
+    cut[~np.asarray(neuron_mask, bool)] = big
+    return cut
+
+
+class LINeHead(DetectorHead):
+    """h' = min(h, c); l = argmax(W h' + b); score = E((W * M(l)) (h' * m_l) + b).
+
+    Both masks of class l are one gathered row of cuts: W * M(l) * m_l = W * 1[W > cut_l] (``line_weight_cuts``).
+    The (N, C, D) comparison is done in blocks of classes so that a large batch never holds it whole.
+    """
+
+    #: entries (classes x features) of one comparison block; bounds the head's memory at ~5 bytes x N x this
+    BLOCK = 1 << 18
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, cuts: np.ndarray, clip: float) -> None:
         super().__init__(weight, bias)
-        self.register_buffer("abs_contribution", torch.as_tensor(np.abs(contribution), dtype=torch.float32))
-        self.register_buffer("neuron_mask", torch.as_tensor(neuron_mask, dtype=torch.float32))
-        self.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32))
+        self.register_buffer("weight_cuts", torch.as_tensor(cuts, dtype=torch.float32))
         self.register_buffer("clip", torch.tensor(float(clip), dtype=torch.float32))
 
     def score_from(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         hc = torch.minimum(h, self.clip)
-        predicted = torch.argmax(self.logits(hc), dim=1)
-        s_l = self.abs_contribution.index_select(0, predicted)  # (N, D)
-        t_l = self.thresholds.index_select(0, predicted)  # (N,)
-        x = hc * self.neuron_mask.index_select(0, predicted)  # (N, D)
-        keep = (s_l[:, None, :] * self.weight[None, :, :]) > t_l[:, None, None]  # (N, C, D)
-        # Cast + Mul and one batched MatMul rather than Where + Mul + ReduceSum: ONNX Runtime's broadcasting Where
-        # is its slowest kernel on (N, C, D) tensors. Same scores (W * 0 = 0 where a weight is masked); bench/scaling.py
-        # times both forms (`line` vs `line_where`; docs/BENCHMARKS.md)
-        masked = keep.to(h.dtype) * self.weight
-        z_line = torch.matmul(masked, x[:, :, None])[:, :, 0] + self.bias
-        return energy(z_line)
+        cut = self.weight_cuts.index_select(0, torch.argmax(self.logits(hc), dim=1))[:, None, :]  # (N, 1, D)
+        rows = max(1, self.BLOCK // self.weight.shape[1])
+        x = hc[:, :, None]
+        parts = []
+        for start in range(0, self.weight.shape[0], rows):
+            w = self.weight[start:start + rows]
+            # Cast + Mul rather than Where: ONNX Runtime's broadcasting Where is far slower on these tensors
+            parts.append(torch.matmul((w > cut).to(h.dtype) * w, x)[:, :, 0])  # (N, rows)
+        return energy(torch.cat(parts, dim=1) + self.bias)
 
 
 class LINe(Detector):
@@ -113,5 +153,5 @@ class LINe(Detector):
             np.percentile(np.concatenate(values).astype(np.float64), clip[1]))
 
     def _build_head(self) -> DetectorHead:
-        return LINeHead(self.weight_, self.bias_, self.contribution_, np.asarray(self.neuron_mask_, bool),
-                        self.thresholds_, self.clip_)
+        cuts = line_weight_cuts(self.weight_, self.contribution_, self.neuron_mask_, self.thresholds_)
+        return LINeHead(self.weight_, self.bias_, cuts, self.clip_)

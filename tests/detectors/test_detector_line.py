@@ -61,18 +61,34 @@ def test_line_matches_naive_official_layout(small, p_w, p_a, clip):
     np.testing.assert_allclose(det.score(h_test), want, rtol=RTOL, atol=ATOL)
 
 
-def test_line_head_buffers_build_the_same_masks(small):
-    """The float32 buffers of the exported module give the same weight masks as the float64 naive construction."""
+@pytest.mark.parametrize(("p_w", "p_a"), [(10, 10), (90, 90), (50, 25), (0, 0)])
+def test_line_head_buffers_build_the_same_masks(small, p_w, p_a):
+    """The float32 buffers of the exported module (W, one row of cuts per class) give exactly the masks of the float64
+    naive construction: W32 > cut_l  <=>  M(l) and m_l."""
     h, y, _, w, b = small
-    det = oodgate.detector("line").fit(h, labels=y, weight=w, bias=b)
+    det = oodgate.detector("line", p_w=p_w, p_a=p_a).fit(h, labels=y, weight=w, bias=b)
+    naive = ref.line_fit_naive(h, y, w, p_w, p_a)
+    bufs = det.head().state_dict()
+    assert set(bufs) == {"weight", "bias", "weight_cuts", "clip"}
+    w32, cuts = bufs["weight"].numpy(), bufs["weight_cuts"].numpy()
+    fly = np.stack([w32 > cuts[l][None, :] for l in range(C)])
+    want = naive["weight_mask"] & naive["neuron_mask"][:, None, :]
+    np.testing.assert_array_equal(fly, want)
+
+
+@pytest.mark.parametrize(("c", "d", "seed"), [(40, 96, 1), (200, 64, 2)])
+def test_line_cuts_match_the_product_masks_on_larger_heads(c, d, seed):
+    """Many classes per column (binary search + exact fix-up on the product): same masks as the naive product."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((c, d)) / np.sqrt(d)
+    y = np.arange(4 * c) % c
+    h = np.abs(rng.standard_normal((4 * c, d)) + 2.0 * np.maximum(w[y], 0) * np.sqrt(d)).astype(np.float32)
+    det = oodgate.detector("line").fit(h, labels=y, weight=w, bias=np.zeros(c))
     naive = ref.line_fit_naive(h, y, w, 10, 10)
-    bufs = {k: v.numpy().astype(np.float64) for k, v in det.head().state_dict().items()}
-    s_key = next(k for k in bufs if "contribution" in k)
-    s_abs = np.abs(bufs[s_key])
-    w32 = bufs["weight"]
-    fly = np.stack([(s_abs[l][None, :] * w32) > bufs["thresholds"][l] for l in range(C)])
-    np.testing.assert_array_equal(fly, naive["weight_mask"])
-    np.testing.assert_array_equal(bufs["neuron_mask"].astype(bool), naive["neuron_mask"])
+    bufs = det.head().state_dict()
+    w32, cuts = bufs["weight"].numpy(), bufs["weight_cuts"].numpy()
+    for lab in range(c):
+        np.testing.assert_array_equal(w32 > cuts[lab][None, :], naive["weight_mask"][lab] & naive["neuron_mask"][lab])
 
 
 def test_line_class_means_use_the_labels(small):
