@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import _cpu_model
+from common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -147,7 +147,7 @@ def accuracy_markdown(evaluations: list, seconds: dict[str, float], skipped: dic
         "# Accuracy: Fashion-MNIST (ID) vs real OOD images",
         "",
         f"Produced by `{COMMAND}` (this file and `docs/accuracy/` are written by it; do not edit by hand). "
-        f"It ran in {total / 60:.1f} min on {_cpu_model()} ({os.cpu_count()} cores shared with other work, "
+        f"It ran in {total / 60:.1f} min on {cpu_name()} ({os.cpu_count()} cores shared with other work, "
         f"{args.threads} thread(s)), {versions}, on {dt.date.today().isoformat()}.",
         "",
         "## Setup",

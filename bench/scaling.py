@@ -1,170 +1,128 @@
-"""Question 5: how each method's cost scales with the batch size (1...256) and the number of classes (10...1000).
+"""Question 5: how each method's cost scales with the batch size and the number of classes, and LINe's memory.
 
     python bench/scaling.py [--quick] [--threads 1]
 
-Three tables, ONNX Runtime CPU, everything interleaved per batch / class count:
-
-- head alone at ImageNet-ResNet-50 shape (C = 1000, D = 2048) vs batch size: time per image;
-- head alone at D = 2048 vs the number of classes C = 10, 100, 1000, batch 32;
-- whole graphs of the digits CNN (all methods, with the backbone) vs batch size, per image and / bare classifier.
-
-The heads are fitted on synthetic features (``heads.py``); ``linear`` is the bare classifier's Linear alone. AdaSCALE's
-head is timed from (h, h') — its gradient branch and second forward scale like the backbone (question 3).
+ONNX Runtime CPU, interleaved per batch / class count: the heads alone at ImageNet-ResNet-50 shape (C = 1000,
+D = 2048) vs batch size; the heads alone at D = 2048 vs C = 10, 100, 1000 (batch 32); the whole digits-CNN graphs vs
+batch size. ``linear`` is the classifier's Linear alone, ``line_previous`` LINe's head before issue 16 (``heads.py``).
+Peak memory of one run (a fresh process per cell): the heads at C = 1000, D = 2048, and the whole ResNet-50-sized
+graphs (bare classifier and LINe) at batch 256 — LINe's masks depend on each sample's class, so its head works on
+(N, C, D) comparisons; the target is LINe's graph within 2x the bare graph's peak.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from common import (METHODS, bare_graph_path, bench_model, fmt_time, graph_path, log, md_table, ort_cpu, ort_runner,
-                    run_json_child, script_main, Section, set_threads, Stat, time_interleaved)
+from common import (METHODS, Section, Stat, bare_graph_path, bench_model, fmt_time, graph_path, log, md_table,
+                    ort_cpu, ort_runner, run_json_child, script_main, time_interleaved)
 from heads import head_graph_path, head_inputs
 
-#: ``line_where``: LINe's head as it was before issue 7 (Where + Mul + ReduceSum), to measure the rewrite in one run
-HEAD_METHODS = ("linear", *METHODS, "line_where")
-BATCHES = (1, 4, 16, 64, 256)
-CLASSES = (10, 100, 1000)
+HEADS = ("linear", *METHODS, "line_previous")
 D = 2048
-#: heads whose peak memory is measured at C = 1000, D = 2048 (a child process each): the Linear, a typical head and
-#: LINe, whose masked weights are (N, C, D) tensors
-MEMORY_HEADS = ("linear", "energy", "line")
-MEMORY_BATCHES = (1, 64, 256)
+MEMORY_HEADS = ("linear", "energy", "line", "line_previous")
+MEMORY_TARGET = 2.0
 
 
-def _memory_child(path: str, method: str, batch: int, threads: int) -> dict:
-    """Run in a fresh process: peak resident memory added by one run of the head graph at this batch."""
-    from calibration_cost import _reset_peak, _rss_kib
+def memory_child(kind: str, what: str, batch: int, threads: int) -> dict:
+    """In a fresh process: peak resident memory that one run adds, the session and its weights loaded first."""
+    from common import peak_memory
 
-    sess = ort_cpu(path, threads)
-    feeds = head_inputs(method, 1000, D, batch)
-    outs = [o.name for o in sess.get_outputs()]
-    reset = _reset_peak()
-    before, _ = _rss_kib()
-    sess.run(outs, feeds)
-    _, peak = _rss_kib()
-    return {"method": method, "batch": batch, "peak_mib": max(0, peak - before) / 1024, "peak_reset": reset}
-
-
-def _peak_memory(method: str, batch: int, threads: int) -> dict:
-    path = head_graph_path(method, 1000, D)
-    code = ("import json, sys; sys.path.insert(0, %r); from scaling import _memory_child; "
-            "print(json.dumps(_memory_child(%r, %r, %d, %d)))" % (str(Path(__file__).parent), str(path), method,
-                                                                   batch, threads))
-    return run_json_child([sys.executable, "-c", code], f"memory child {method} batch {batch}")
+    if kind == "head":
+        sess, feeds = ort_cpu(head_graph_path(what, 1000, D), threads), head_inputs(what, 1000, D, batch)
+    else:
+        bm = bench_model("resnet50-sized")
+        path = bare_graph_path(bm) if what == "bare" else graph_path(bm, what)
+        sess, feeds = ort_cpu(path, threads), {"input": bm.inputs(batch)}
+        feeds = {sess.get_inputs()[0].name: feeds["input"]}
+    with peak_memory() as mem:
+        sess.run(None, feeds)
+    return {"peak_mib": mem["peak_mib"], "reset": bool(mem["reset"])}
 
 
-def _head_runner(sess, feeds):  # noqa: ANN001, ANN202
-    outs = [o.name for o in sess.get_outputs()]
-    return lambda: sess.run(outs, feeds)
+def _peak(kind: str, what: str, batch: int, threads: int) -> float:
+    return run_json_child(f"from scaling import memory_child; import json; print(json.dumps(memory_child({kind!r}, "
+                          f"{what!r}, {batch}, {threads})))", f"memory {kind} {what} batch {batch}")["peak_mib"]
+
+
+def _time_table(sessions: dict, feeds_of, keys, reps: int, what: str, per: str) -> tuple[dict, list]:
+    """Time the sessions interleaved at each key (a batch or a class count); {method: {key: median}}, table rows."""
+    out: dict[str, dict] = {m: {} for m in sessions(keys[0])}
+    for k in keys:
+        sess = sessions(k)
+        log(f"scaling: {what} {per} {k}, {len(sess)} variants x {reps} reps")
+        t = time_interleaved({m: ort_runner(s, feeds_of(m, k)) for m, s in sess.items()}, reps=reps)
+        for m, v in t.items():
+            out[m][k] = Stat.of(v).median
+    return out, [[m] + [fmt_time(v[k] / (k if per == "batch" else 1)) for k in keys] for m, v in out.items()]
 
 
 def run(args: argparse.Namespace) -> Section:
-    t_start = time.perf_counter()
-    set_threads(args.threads)
-    batches = (1, 16, 64) if args.quick else BATCHES
-    classes = (10, 1000) if args.quick else CLASSES
+    batches = (1, 16, 64) if args.quick else (1, 4, 16, 64, 256)
+    classes = (10, 1000) if args.quick else (10, 100, 1000)
     reps = 3 if args.quick else 5
-    digits_reps = 3 if args.quick else 15  # whole digits graphs take microseconds: more repetitions cost little
-    data: dict = {"threads": args.threads, "batch": {}, "classes": {}, "digits": {}}
-
-    # (a) heads vs batch, C = 1000
-    c = 1000
-    sessions = {m: ort_cpu(head_graph_path(m, c, D), args.threads) for m in HEAD_METHODS}
-    per_image: dict[str, dict[int, float]] = {m: {} for m in HEAD_METHODS}
-    for batch in batches:
-        variants = {}
-        for m, s in sessions.items():
-            if m == "line_where" and batch > 64:
-                continue  # the replaced form holds ~2x the new one's (N, C, D) memory: up to 64 is enough to compare
-            variants[m] = _head_runner(s, head_inputs(m, c, D, batch))
-        log(f"scaling: heads C={c} batch {batch}, {len(variants)} variants x {reps} reps")
-        t = time_interleaved(variants, reps=reps if batch <= 64 else max(3, reps - 2))
-        for m, v in t.items():
-            per_image[m][batch] = Stat.of(v).median / batch
-            data["batch"][f"{m}/b{batch}"] = Stat.of(v).as_dict()
-    rows_a = [[m] + [fmt_time(per_image[m][b]) if b in per_image[m] else "not run" for b in batches]
-              for m in HEAD_METHODS]
-    del sessions
-
-    # (b) heads vs classes, batch 32
-    per_batch: dict[str, dict[int, float]] = {m: {} for m in HEAD_METHODS}
-    for cc in classes:
-        sess = {m: ort_cpu(head_graph_path(m, cc, D), args.threads) for m in HEAD_METHODS}
-        variants = {m: _head_runner(s, head_inputs(m, cc, D, 32)) for m, s in sess.items()}
-        log(f"scaling: heads C={cc} batch 32, {len(variants)} variants x {reps} reps")
-        t = time_interleaved(variants, reps=reps)
-        for m, v in t.items():
-            per_batch[m][cc] = Stat.of(v).median
-            data["classes"][f"{m}/c{cc}"] = Stat.of(v).as_dict()
-        del sess
-    rows_b = [[m] + [fmt_time(per_batch[m][cc]) for cc in classes] +
-              [f"{per_batch[m][classes[-1]] / per_batch[m][classes[0]]:.0f}×"] for m in HEAD_METHODS]
-
-    # (c) whole digits graphs vs batch
+    heads_c1000 = {m: ort_cpu(head_graph_path(m, 1000, D), args.threads) for m in HEADS}
+    by_batch, rows_a = _time_table(lambda b: heads_c1000, lambda m, b: head_inputs(m, 1000, D, b), batches, reps,
+                                   "heads C=1000", "batch")
+    del heads_c1000
+    by_class, rows_b = _time_table(
+        lambda c: {m: ort_cpu(head_graph_path(m, c, D), args.threads) for m in HEADS},
+        lambda m, c: head_inputs(m, c, D, 32), classes, reps, "heads batch 32", "classes")
+    for row, m in zip(rows_b, by_class):
+        row.append(f"{by_class[m][classes[-1]] / by_class[m][classes[0]]:.0f}×")
     bm = bench_model("digits-cnn")
-    bare = ort_cpu(bare_graph_path(bm), args.threads)
-    graphs = {m: ort_cpu(graph_path(bm, m), args.threads) for m in METHODS}
-    digits_rows: dict[str, list[str]] = {m: [] for m in ("bare", *METHODS)}
-    for batch in batches:
-        x = bm.inputs(batch)
-        variants = {"bare": ort_runner(bare, x), **{m: ort_runner(s, x) for m, s in graphs.items()}}
-        log(f"scaling: digits graphs batch {batch}, {len(variants)} variants x {digits_reps} reps")
-        t = time_interleaved(variants, reps=digits_reps)
-        for m, v in t.items():
-            med = Stat.of(v).median
-            rel = "" if m == "bare" else f" ({np.median(v / t['bare']):.2f}×)"
-            digits_rows[m].append(fmt_time(med / batch) + rel)
-            data["digits"][f"{m}/b{batch}"] = Stat.of(v).as_dict()
-    rows_c = [[m] + cells for m, cells in digits_rows.items()]
-    del graphs, bare
-
-    # (d) peak memory of one head run at C = 1000
-    mem_rows = []
-    for m in MEMORY_HEADS:
-        cells = [m]
-        for b in MEMORY_BATCHES:
-            r = _peak_memory(m, b, args.threads)
-            data.setdefault("memory", {})[f"{m}/b{b}"] = r
-            cells.append(f"{r['peak_mib']:.0f} MiB" if r["peak_reset"] else f"≥ {r['peak_mib']:.0f} MiB")
-        mem_rows.append(cells)
-    floats = {b: b * c * D * 4 / 2**20 for b in MEMORY_BATCHES}
-
+    digits = {"bare": ort_cpu(bare_graph_path(bm), args.threads),
+              **{m: ort_cpu(graph_path(bm, m), args.threads) for m in METHODS}}
+    by_digits, rows_c = _time_table(lambda b: digits, lambda m, b: bm.inputs(b), batches, 3 if args.quick else 15,
+                                    "digits graphs", "batch")
+    for row, m in zip(rows_c, by_digits):
+        row[1:] = [f"{cell} ({by_digits[m][b] / by_digits['bare'][b]:.2f}×)" for cell, b in zip(row[1:], batches)]
+    mem_batches = (1, 64) if args.quick else (1, 64, 256)
+    memory = {m: {b: _peak("head", m, b, args.threads) for b in mem_batches} for m in MEMORY_HEADS}
+    mem_rows = [[m, *[f"{memory[m][b]:.0f} MiB" for b in mem_batches]] for m in MEMORY_HEADS]
+    big = mem_batches[-1]
+    whole = {w: _peak("graph", w, big, args.threads) for w in ("bare", "line")}
+    mem_ratio = whole["line"] / max(whole["bare"], 1.0)
+    speed = {b: by_batch["line_previous"][b] / by_batch["line"][b] for b in batches}
+    data = {"batch": by_batch, "classes": by_class, "digits": by_digits, "memory_heads": memory,
+            "memory_graphs": whole, "line_speedup_vs_previous": speed}
+    targets = [[f"LINe graph peak memory ≤ {MEMORY_TARGET:.0f}× the bare graph's — resnet50-sized, batch {big}",
+                f"{whole['line']:.0f} MiB vs {whole['bare']:.0f} MiB ({mem_ratio:.2f}×)", mem_ratio <= MEMORY_TARGET]]
+    notes = [f"**LINe's head, before and after issue 16 (same run).** At C = 1000, D = 2048 the current head is "
+             + ", ".join(f"{s:.1f}× as fast as the previous one at batch {b}" for b, s in speed.items())
+             + f"; one head run adds {memory['line'][big]:.0f} MiB at batch {big} (previous head "
+             f"{memory['line_previous'][big]:.0f} MiB; the Linear alone {memory['linear'][big]:.0f} MiB). Whole "
+             f"ResNet-50-sized graph at batch {big}: LINe {whole['line']:.0f} MiB, bare {whole['bare']:.0f} MiB. "
+             f"LINe's head alone still costs {by_batch['line'][batches[-1]] / by_batch['linear'][batches[-1]]:.0f}× "
+             f"the Linear at batch {batches[-1]}: its per-sample masks make the last layer N masked products (a "
+             "compare, a cast and a multiply over N·C·D values, then a batched MatMul) instead of one GEMM."]
     body = f"""
 ONNX Runtime CPU, {args.threads} intra-op thread(s), medians of {reps} interleaved repetitions (digits graphs:
-{digits_reps}). Raw medians and quartiles are in `bench/.cache/results/scaling.json`.
+{3 if args.quick else 15}). Raw numbers: `bench/.cache/results/scaling.json`.
 
 **Head alone, C = 1000, D = 2048: time per image vs batch size**
 
 {md_table(["head", *[f"batch {b}" for b in batches]], rows_a)}
 
-`line_where` is LINe's head as oodgate built it before this issue (masked weights by Where, then Mul + ReduceSum);
-`line` is the current one (Cast + Mul, one batched MatMul), same scores. `line_where` runs up to batch 64 only: it
-holds about twice the (N, C, D) memory.
-
 **Head alone, D = 2048, batch 32: time per batch vs number of classes**
 
-{md_table(["head", *[f"C = {cc}" for cc in classes], f"C={classes[-1]} / C={classes[0]}"], rows_b)}
+{md_table(["head", *[f"C = {c}" for c in classes], f"C={classes[-1]} / C={classes[0]}"], rows_b)}
 
 **Whole digits-CNN graphs: time per image vs batch size (and / bare classifier at that batch)**
 
 {md_table(["graph", *[f"batch {b}" for b in batches]], rows_c)}
 
-**Peak memory of one head run, C = 1000, D = 2048** (resident memory added by `session.run`, a fresh process per
-cell; the session and its weights are loaded before the count starts)
+**Peak memory one run adds** (resident memory, a fresh process per cell, session loaded before the count): heads at
+C = 1000, D = 2048; whole ResNet-50-sized graphs at batch {big}.
 
-{md_table(["head", *[f"batch {b}" for b in MEMORY_BATCHES]], mem_rows)}
+{md_table(["head", *[f"batch {b}" for b in mem_batches]], mem_rows)}
 
-LINe's weight mask depends on each sample's predicted class, so its graph forms (N, C, D) tensors: one of them is
-{", ".join(f"{v:.0f} MiB at batch {b}" for b, v in floats.items())}. Serving LINe at ImageNet scale needs
-memory for a few of them per batch — choose the batch size with this table.
+{md_table(["whole graph, resnet50-sized", f"batch {big}"], [[w, f"{v:.0f} MiB"] for w, v in whole.items()])}
 """
-    return Section("scaling", "5. Scaling with batch size and number of classes", body, data, [],
-                   time.perf_counter() - t_start)
+    return Section("scaling", "5. Scaling with batch size and number of classes; LINe's memory", body, data, targets,
+                   notes)
 
 
 if __name__ == "__main__":
