@@ -24,7 +24,7 @@ _LAZY = {
     "load_model": "oodgate.models",
     "export": "oodgate.exporter",
     "Session": "oodgate.runtime",
-    "metrics": "oodgate.metrics",
+    "metrics": "oodgate.evaluation.metrics",
 }
 
 __all__ = ["__version__", "ArtifactError", "NotFittedError", "OodgateError", *_LAZY]

@@ -227,8 +227,8 @@ def evaluate(
     """Score an ID set and OOD sets with the graph; print AUROC / FPR95 (both conventions) / AUPR and what other
     thresholds would reject/accept; optionally write a report folder with plots."""
     from .data.sets import load_image_set
-    from .evaluation import evaluate_session, metrics_table
-    from .report import threshold_options, threshold_table, write_report
+    from .evaluation.evaluate import evaluate_session, metrics_table
+    from .evaluation.report import threshold_options, threshold_table, write_report
     from .runtime.providers import open_session
 
     try:
@@ -281,8 +281,8 @@ def parity(
     force: Force = False,
 ) -> None:
     """Compare the graph under each runtime with the PyTorch reference (or a golden file); exit 1 on failure."""
-    from .exporter.parity import parity as run_parity
-    from .exporter.parity import reference_outputs, save_golden as write_golden
+    from .evaluation.parity import parity as run_parity
+    from .evaluation.parity import reference_outputs, save_golden as write_golden
 
     cal = None
     inputs = ood_inputs = None

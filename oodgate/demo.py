@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.sets import ImageSet, available_ood_sets, digits, ood_set
-from .evaluation import Evaluation, evaluate_session, metrics_table
+from .evaluation.evaluate import Evaluation, evaluate_session, metrics_table
 
 #: single-pass detectors shown by default (MOS and AdaSCALE are added when present)
 DEMO_METHODS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line")
@@ -46,7 +46,7 @@ def run_demo(out_dir: str | Path, methods: list[str] | None = None, *, n_ood: in
     from . import calibrate
     from .detectors import available_detectors
     from .exporter import export
-    from .exporter.parity import parity
+    from .evaluation.parity import parity
     from .models import load_model, split_classifier
     from .runtime import Session
 

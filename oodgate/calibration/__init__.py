@@ -15,7 +15,7 @@ from ..errors import OodgateError
 from ..models import ModelBundle, SplitModel, load_model, split_classifier
 from .artifact import Calibration, load_calibration, write_atomic
 from .features import collect_features, iter_features, progress_bar, show_progress
-from .threshold import fit_threshold
+from ..detectors.threshold import fit_threshold
 
 
 def resolve_model(model: Any, *, preprocess: Preprocess | None = None, class_names: list[str] | None = None,

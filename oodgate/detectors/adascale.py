@@ -7,7 +7,7 @@ top keep(p(x)) entries of relu(h). AdaSCALE-A: z* = W (h e^r) + b; AdaSCALE-L: z
 
 Two implementations of steps 1-4 share steps 5-8 (``AdaSCALEHead``):
 - the eager reference: torch.autograd for g, a stable sort for the n smallest |g| (ties: lowest index first);
-- the exported graph: the input gradient traced into plain operators (oodgate.exporter.gradient), and the n
+- the exported graph: the input gradient traced into plain operators (oodgate.detectors.gradient), and the n
   smallest |g| selected by bisection on counts (TensorRT's TopK is limited to k <= 3840), ties again by index.
 Index sets on h (top 1 % / 5 %) are masks from TopK values with ties broken by lowest index (``top_mask``).
 """
@@ -275,7 +275,7 @@ class _AdaSCALE(Detector):
     # -- export ---------------------------------------------------------------------------------------------
     def graph_module(self, split: nn.Module) -> AdaSCALEScorer:
         """The exportable x -> (z*, score, label) module (gradient branch traced into plain operators)."""
-        from ..exporter.gradient import trace_logits_and_input_gradient
+        from .gradient import trace_logits_and_input_gradient
 
         head = self.head()
         shape = tuple(int(s) for s in self.input_shape_)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OUTPUT_NAMES = ("logits", "score", "is_ood", "label")
-INPUT_NAME = "input"
+from ..runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 
 
 class FeatureScorer(nn.Module):

@@ -1,6 +1,6 @@
 """The Fashion-MNIST CNN: the ID classifier of the real benchmark (weights ship with oodgate).
 
-    python -m oodgate.models.train fashion     # rewrites oodgate/models/weights/fashion_cnn.{pt,json}
+    python -m oodgate.models.training fashion     # rewrites oodgate/models/weights/fashion_cnn.{pt,json}
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ def fashion_cnn(weights: str | Path | None = WEIGHTS) -> SmallCNN:
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise OodgateError(f"no Fashion-MNIST CNN weights at {path}: run `python -m oodgate.models.train fashion`")
+            raise OodgateError(f"no Fashion-MNIST CNN weights at {path}: run `python -m oodgate.models.training fashion`")
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 
 
 def _bundle() -> ModelBundle:
     if not CARD.is_file():
-        raise OodgateError(f"no Fashion-MNIST CNN card at {CARD}: run `python -m oodgate.models.train fashion`")
+        raise OodgateError(f"no Fashion-MNIST CNN card at {CARD}: run `python -m oodgate.models.training fashion`")
     card = read_card(CARD)
     return ModelBundle(fashion_cnn(), Preprocess.from_dict(card["preprocess"]), card["class_names"], "fashion-cnn")
 
@@ -49,7 +49,7 @@ register_model("fashion-cnn", _bundle)
 def train_fashion(epochs: int = 8, train_images: int = TRAIN_IMAGES) -> dict:
     """Train on the first ``train_images`` Fashion-MNIST 'train' images; report accuracy on all 10k 'test' images."""
     from ..data.sets import fashion_mnist
-    from .train import evaluate_accuracy, pixel_stats, save_model, train_small_cnn
+    from .training import evaluate_accuracy, pixel_stats, save_model, train_small_cnn
 
     train, test = fashion_mnist("train", limit=train_images), fashion_mnist("test")
     mean, std = pixel_stats(train)
@@ -68,6 +68,6 @@ def train_fashion(epochs: int = 8, train_images: int = TRAIN_IMAGES) -> dict:
             "batch_size": BATCH_SIZE, "lr": LR, "max_shift": 0,
             "test_images": len(test), "test_accuracy": round(evaluate_accuracy(model, test, prep), 4),
             "epochs": epochs, "train_seconds": round(seconds, 1), "torch": torch.__version__, "threads": 1,
-            "command": f"python -m oodgate.models.train fashion --epochs {epochs}"}
+            "command": f"python -m oodgate.models.training fashion --epochs {epochs}"}
     save_model(model, "fashion_cnn", info)
     return info

@@ -22,7 +22,7 @@ from oodgate.data import Preprocess, digits, ood_set  # noqa: E402
 from oodgate.data.sets import ImageSet  # noqa: E402
 from oodgate.detectors.adascale import smallest_n_mask_bisection  # noqa: E402
 from oodgate.exporter import export  # noqa: E402
-from oodgate.exporter.parity import parity  # noqa: E402
+from oodgate.evaluation.parity import parity  # noqa: E402
 from oodgate.runtime.onnx_graph import constant_values  # noqa: E402
 from tiny_models import TinyResNet, randomise_batch_norm  # noqa: E402
 

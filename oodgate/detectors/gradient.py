@@ -671,7 +671,7 @@ def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
         found = _innermost_culprit(frozen, probe, lambda local: local is not None and op in _unsupported_ops(local))
         raise UnsupportedLayerError(
             f"{op} is not supported in the exported gradient branch (from {_describe(found, frozen)}): the ONNX "
-            f"exporter cannot translate it and oodgate.exporter.gradient has no decomposition for it; "
+            f"exporter cannot translate it and oodgate.detectors.gradient has no decomposition for it; "
             f"unsupported ops in this model: {', '.join(unsupported)}")
     module = LogitsAndInputGradient(frozen, graph, list(state), tuple(example.shape[1:]))
     if check:

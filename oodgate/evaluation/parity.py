@@ -18,7 +18,7 @@ import numpy as np
 
 from ..files import write_atomic
 from ..errors import OodgateError
-from .graph import OUTPUT_NAMES
+from ..runtime.metadata import OUTPUT_NAMES
 
 GOLDEN_FORMAT = "oodgate-golden"
 
@@ -201,7 +201,7 @@ def reference_outputs(calibration: Any, inputs: np.ndarray, *, model: Any = None
     import torch
 
     from ..models import split_classifier
-    from .graph import build_graph_module
+    from ..exporter.graph import build_graph_module
 
     split = split_classifier(model, head=calibration.model_head) if model is not None else calibration.model()
     module = build_graph_module(calibration, split).to(device)
@@ -237,7 +237,7 @@ def parity(graph: str | Path, inputs: np.ndarray | None, *, calibration: Any = N
     ``metric_tol``, a fraction) is the pass criterion instead of element-wise tolerances.
     """
     from ..runtime import read_graph_info
-    from ..runtime.drift import metric_drift
+    from .drift import metric_drift
     from ..runtime.providers import parse_provider_spec
     from ..runtime.session import ProviderError, resolve_providers
 

@@ -1,6 +1,6 @@
 """Train the small built-in CNNs (digits, Fashion-MNIST) reproducibly on CPU.
 
-    python -m oodgate.models.train digits     # rewrites oodgate/models/weights/digits_cnn.{pt,json}
+    python -m oodgate.models.training digits     # rewrites oodgate/models/weights/digits_cnn.{pt,json}
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from ._version import __version__
-from .errors import OodgateError
-from .files import write_atomic
-from .evaluation import Evaluation, metrics_table
+from .._version import __version__
+from ..errors import OodgateError
+from ..files import write_atomic
+from .evaluate import Evaluation, metrics_table
 
 #: every PNG is drawn at this size in inches and dots per inch: PLOT_PIXELS = (width, height) in pixels
 PLOT_SIZE = (6.4, 4.0)
