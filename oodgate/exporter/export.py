@@ -17,6 +17,7 @@ from ..calibration.artifact import Calibration
 from ..errors import ExportError, OodgateError
 from ..files import atomic_output, companion_temp
 from ..models.split import split_classifier
+from ..progress import show_progress
 from ..runtime.metadata import GRAPH_FORMAT, GRAPH_FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 from .graph import OodgateGraph, build_graph_module
 from .onnx_export import export_onnx
@@ -66,14 +67,29 @@ def _set_location(tensors: list[Any], location: str) -> None:
                 entry.value = location
 
 
+class _Stages:
+    """One line per export stage on stderr (an interactive terminal outside CI, or as asked): exports of large
+    models take tens of seconds, most of it inside torch.onnx, which reports nothing."""
+
+    def __init__(self, what: str, progress: bool | None) -> None:
+        self.what, self.on, self.t0 = what, show_progress(progress), time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if self.on:
+            import sys
+
+            print(f"[{time.perf_counter() - self.t0:5.1f} s] export {self.what}: {stage}", file=sys.stderr, flush=True)
+
+
 def export(calibration: Calibration, path: str | Path, *, model: Any = None, opset: int = 18,
            overwrite: bool = False, check: bool = True, check_inputs: np.ndarray | None = None,
-           atol: float = 1e-4, rtol: float = 1e-4) -> ExportResult:
+           atol: float = 1e-4, rtol: float = 1e-4, progress: bool | None = None) -> ExportResult:
     """Export ``calibration`` (backbone + detector head + threshold) to one ONNX graph at ``path``.
 
     The graph is checked with onnx.checker (full_check) and, with ``check``, run by ONNX Runtime against the
     PyTorch reference on inputs other than the export example; only then is it published (with its external data
-    file ``<path>.data`` for models above 1.8 GB), never over an existing file unless ``overwrite``.
+    file ``<path>.data`` for models above 1.8 GB), never over an existing file unless ``overwrite``. ``progress``:
+    a line per stage on stderr (default: on an interactive terminal outside CI).
     """
     import onnx
 
@@ -87,11 +103,15 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
     if opset < 18:
         raise OodgateError(f"opset {opset} is too old: oodgate exports with opset >= 18")
     t0 = time.perf_counter()
+    stage = _Stages(f"{calibration.method} -> {path.name}", progress)
+    stage("building the graph module" + (" (tracing the input gradient)" if calibration.method.startswith("adascale")
+                                         else ""))
     split = split_classifier(model, head=calibration.model_head) if model is not None else calibration.model()
     module = build_graph_module(calibration, split)
     input_shape = calibration.preprocess.input_shape
     gen = torch.Generator().manual_seed(1234)
     example = torch.randn((2, *input_shape), generator=gen)
+    stage("torch.onnx.export (capture, decompositions, translation, optimiser)")
     program = export_onnx(module, example, opset=opset, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
         b.numel() * b.element_size() for b in module.buffers())
@@ -100,19 +120,22 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
     with atomic_output(path, overwrite=overwrite, companions=[data_path]) as tmp:
         data_tmp = companion_temp(tmp, data_path)
         raw_data = tmp.with_name(tmp.name + ".data")  # where torch.onnx writes external data next to tmp
-        try:
-            program.save(str(tmp), external_data=external)
-            proto = onnx.load(str(tmp), load_external_data=False)
-            tensors = _external_tensors(proto)
-            locations = {e.value for t in tensors for e in t.external_data if e.key == "location"}
-            if len(locations) > 1:
-                raise ExportError(f"torch.onnx wrote the weights into {len(locations)} external files; oodgate "
-                                  "publishes one (<graph>.data)")
-            if locations:
-                os.replace(tmp.parent / locations.pop(), data_tmp)
-                _set_location(tensors, data_tmp.name)
-        finally:
-            raw_data.unlink(missing_ok=True)
+        if external:  # torch.onnx writes the weights beside tmp: move them to the companion's temporary name
+            try:
+                program.save(str(tmp), external_data=True)
+                proto = onnx.load(str(tmp), load_external_data=False)
+                tensors = _external_tensors(proto)
+                locations = {e.value for t in tensors for e in t.external_data if e.key == "location"}
+                if len(locations) > 1:
+                    raise ExportError(f"torch.onnx wrote the weights into {len(locations)} external files; oodgate "
+                                      "publishes one (<graph>.data)")
+                if locations:
+                    os.replace(tmp.parent / locations.pop(), data_tmp)
+                    _set_location(tensors, data_tmp.name)
+            finally:
+                raw_data.unlink(missing_ok=True)
+        else:  # serialised once, in memory: no save / load round trip through the file
+            proto, tensors = program.model_proto, []
         meta = graph_metadata(calibration, input_shape)
         del proto.metadata_props[:]
         proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
@@ -121,8 +144,10 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
         proto.producer_name, proto.producer_version = "oodgate", __version__
         proto.doc_string = (f"oodgate {calibration.method} OOD gate: outputs logits, score (higher = ID), "
                             f"is_ood (score < {calibration.threshold:.6g}), label")
+        stage("onnx.checker (full_check)" + ("" if not check else ", then ONNX Runtime vs PyTorch"))
         onnx.save(proto, str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
+        # in memory where protobuf allows it (the checker would parse the file again); with external data by path
+        onnx.checker.check_model(str(tmp) if tensors else proto, full_check=True)
         ops: dict[str, int] = {}
         for node in proto.graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
@@ -136,6 +161,7 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
             _set_location(tensors, data_path.name)
             onnx.save(proto, str(tmp))
     result.seconds = time.perf_counter() - t0
+    stage(f"done in {result.seconds:.1f} s")
     return result
 
 
