@@ -88,26 +88,33 @@ def _error(exc: Exception) -> dict[str, Any]:
 
 
 def check(model: str, method: str, device: str, runtimes: dict[str, str], reps: int) -> dict[str, Any]:
-    """One (model, method) row: references on the device vs ONNX Runtime CPU (and the GPU runtimes). A step that
-    raises is recorded as a failed comparison with its error, and the row goes on."""
+    """One (model, method) row of the plan: calibrate and export (cached), then ``compare_on_device``."""
+    bm = bench_model(model)
+    row = compare_on_device(calibration(bm, method), graph_path(bm, method), bm.inputs(32), device, runtimes, reps,
+                            model=bm.model)
+    return {"model": model, **row}
+
+
+def compare_on_device(cal: Any, path: Path, x: np.ndarray, device: str, runtimes: dict[str, str], reps: int, *,
+                      model: Any = None) -> dict[str, Any]:
+    """The graph at ``path`` (ONNX Runtime CPU, and each GPU runtime) vs the calibration's PyTorch references on
+    ``device``, on the preprocessed inputs x. A step that raises is recorded as a failed comparison with its error."""
     import torch
 
     from oodgate.exporter.graph import build_graph_module
     from oodgate.exporter.reference import reference_outputs
+    from oodgate.models import split_classifier
     from oodgate.runtime.session import Session
 
-    bm = bench_model(model)
-    cal = calibration(bm, method)
-    path = graph_path(bm, method)
-    x = bm.inputs(32)
-    row: dict[str, Any] = {"model": model, "method": method, "device": device, "n": len(x), "timings_s": {}}
+    split = split_classifier(model, head=cal.model_head) if model is not None else cal.model()
+    row: dict[str, Any] = {"method": cal.method, "device": device, "n": len(x), "timings_s": {}}
     cpu = Session(path, providers="cpu").run_array(x)
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
     ref = None
     try:
-        ref = reference_outputs(cal, x, model=bm.model, device=device)
+        ref = reference_outputs(cal, x, model=model, device=device)
         row["onnx_cpu_vs_reference"] = compare(cpu, ref, cal.threshold)
-        module = build_graph_module(cal, bm.split).to(device).eval()
+        module = build_graph_module(cal, split).to(device).eval()
         xd = torch.from_numpy(x).to(device)
 
         def forward(n: int) -> Any:
@@ -116,14 +123,16 @@ def check(model: str, method: str, device: str, runtimes: dict[str, str], reps: 
 
         row["timings_s"]["reference b1"] = _median_time(lambda: forward(1), reps, sync)
         row["timings_s"]["reference b32"] = _median_time(lambda: forward(len(x)), max(3, reps // 3), sync)
-        if method.startswith("adascale"):
-            _, score, label = cal.detector.reference(bm.split.to(device), xd)
+        if cal.method.startswith("adascale"):
+            _, score, label = cal.detector.reference(split.to(device), xd)
             auto = {"score": score.detach().cpu().numpy(), "label": label.detach().cpu().numpy()}
             row["onnx_cpu_vs_autograd_reference"] = compare(cpu, auto, cal.threshold)
     except Exception as exc:  # noqa: BLE001 - a reference that fails on the device is a finding, not a crash
         row["onnx_cpu_vs_reference"] = _error(exc)
     finally:  # the next method's export traces the model on the CPU
-        bm.model.to("cpu"), bm.split.to("cpu"), cal.detector.head().to("cpu")
+        split.to("cpu"), cal.detector.head().to("cpu")
+        if model is not None:
+            model.to("cpu")
     for label, spec in runtimes.items():
         try:
             with Session(path, providers=spec) as sess:

@@ -71,7 +71,7 @@ def cache_items(quick: bool) -> list[list]:
     for model in models[::-1]:
         items += [["graph", model, m] for m in GRAPHS[model] if ["graph", model, m] not in items]
         items.append(["bare", model])
-    shapes = {(1000, 1280), (1000, 2048), (10, 2048), (10, 64)} | (set() if quick else {(100, 2048)})
+    shapes = {(1000, 1280), (1000, 2048), (10, 2048), (10, 64)}
     items += [["head", m, c, d] for c, d in sorted(shapes, reverse=True) for m in ("linear", *METHODS,
                                                                                   "line_previous")]
     return items

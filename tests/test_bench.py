@@ -69,12 +69,17 @@ def test_gpu_check_compare_flags_a_changed_score_label_and_decision():
     assert not gpu_check.compare({"score": ref["score"], "label": np.array([0, 1, 1])}, ref, 1.5)["ok"]
 
 
-def test_gpu_check_runs_on_the_cpu_and_the_graph_matches_the_reference():
+def test_gpu_check_runs_on_the_cpu_and_the_graph_matches_the_reference(digits_calibration, energy_graph,
+                                                                          digits_test):
     gpu_check = pytest.importorskip("gpu_check")
-    row = gpu_check.check("digits-cnn", "energy", "cpu", {}, reps=2)
+    from oodgate.models import load_model
+
+    x = np.concatenate([b for b, _ in digits_test.batches(load_model("digits-cnn").preprocess, 32)])[:32]
+    row = gpu_check.compare_on_device(digits_calibration("energy"), energy_graph, x, "cpu", {}, reps=2)
     assert row["onnx_cpu_vs_reference"]["ok"], row
     assert row["onnx_cpu_vs_reference"]["max_score_diff"] < 1e-3
     assert set(row["timings_s"]) == {"reference b1", "reference b32"} and min(row["timings_s"].values()) > 0
+    row["model"] = "digits-cnn"
     text = gpu_check.markdown({"machine": gpu_check.machine("cpu"), "rows": [row], "skipped": ["x y"],
                                "seconds": 1.0, "date": "today"})
     assert "digits-cnn | energy | onnx_cpu_vs_reference: ok" in text and "Skipped (budget): x y" in text
