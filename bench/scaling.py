@@ -13,10 +13,11 @@ graphs (bare classifier and LINe) at batch 256 — LINe's masks depend on each s
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
-from common import (METHODS, Section, Stat, bare_graph_path, bench_model, fmt_time, graph_path, log, md_table,
+from common import (CACHE, METHODS, Section, Stat, bare_graph_path, bench_model, fmt_time, graph_path, log, md_table,
                     ort_cpu, ort_runner, run_json_child, script_main, time_interleaved)
 from heads import head_graph_path, head_inputs
 
@@ -26,25 +27,25 @@ MEMORY_HEADS = ("linear", "energy", "line", "line_previous")
 MEMORY_TARGET = 2.0
 
 
-def memory_child(kind: str, what: str, batch: int, threads: int) -> dict:
-    """In a fresh process: peak resident memory that one run adds, the session and its weights loaded first."""
+def memory_child(path: str, feeds: dict[str, str], threads: int) -> dict:
+    """In a fresh process: peak resident memory that one run adds, the session and its inputs loaded first."""
     from common import peak_memory
 
-    if kind == "head":
-        sess, feeds = ort_cpu(head_graph_path(what, 1000, D), threads), head_inputs(what, 1000, D, batch)
-    else:
-        bm = bench_model("resnet50-sized")
-        path = bare_graph_path(bm) if what == "bare" else graph_path(bm, what)
-        sess, feeds = ort_cpu(path, threads), {"input": bm.inputs(batch)}
-        feeds = {sess.get_inputs()[0].name: feeds["input"]}
+    sess = ort_cpu(path, threads)
+    arrays = {k: np.load(v) for k, v in feeds.items()}
     with peak_memory() as mem:
-        sess.run(None, feeds)
+        sess.run(None, arrays)
     return {"peak_mib": mem["peak_mib"], "reset": bool(mem["reset"])}
 
 
-def _peak(kind: str, what: str, batch: int, threads: int) -> float:
-    return run_json_child(f"from scaling import memory_child; import json; print(json.dumps(memory_child({kind!r}, "
-                          f"{what!r}, {batch}, {threads})))", f"memory {kind} {what} batch {batch}")["peak_mib"]
+def _peak(path, feeds: dict[str, np.ndarray], threads: int) -> float:  # noqa: ANN001
+    files = {}
+    for k, v in feeds.items():
+        files[k] = str(CACHE / "memory-inputs" / f"{k}-{'x'.join(map(str, v.shape))}.npy")
+        Path(files[k]).parent.mkdir(parents=True, exist_ok=True)
+        np.save(files[k], v)
+    return run_json_child(f"from scaling import memory_child; import json; print(json.dumps(memory_child("
+                          f"{str(path)!r}, {files!r}, {threads})))", f"memory {Path(path).name}")["peak_mib"]
 
 
 def _time_table(sessions: dict, feeds_of, keys, reps: int, what: str, per: str) -> tuple[dict, list]:
@@ -80,10 +81,13 @@ def run(args: argparse.Namespace) -> Section:
     for row, m in zip(rows_c, by_digits):
         row[1:] = [f"{cell} ({by_digits[m][b] / by_digits['bare'][b]:.2f}×)" for cell, b in zip(row[1:], batches)]
     mem_batches = (1, 64) if args.quick else (1, 64, 256)
-    memory = {m: {b: _peak("head", m, b, args.threads) for b in mem_batches} for m in MEMORY_HEADS}
+    memory = {m: {b: _peak(head_graph_path(m, 1000, D), head_inputs(m, 1000, D, b), args.threads)
+                  for b in mem_batches} for m in MEMORY_HEADS}
     mem_rows = [[m, *[f"{memory[m][b]:.0f} MiB" for b in mem_batches]] for m in MEMORY_HEADS]
     big = mem_batches[-1]
-    whole = {w: _peak("graph", w, big, args.threads) for w in ("bare", "line")}
+    rn = bench_model("resnet50-sized")
+    whole = {w: _peak(bare_graph_path(rn) if w == "bare" else graph_path(rn, w), {"input": rn.inputs(big)},
+                      args.threads) for w in ("bare", "line")}
     mem_ratio = whole["line"] / max(whole["bare"], 1.0)
     speed = {b: by_batch["line_previous"][b] / by_batch["line"][b] for b in batches}
     data = {"batch": by_batch, "classes": by_class, "digits": by_digits, "memory_heads": memory,
