@@ -84,14 +84,17 @@ def build(items: list[list]) -> None:
     from heads import head_graph_path
 
     for kind, *rest in items:
-        if kind == "graph":
-            graph_path(bench_model(rest[0]), rest[1])
-        elif kind == "bare":
-            bare_graph_path(bench_model(rest[0]))
-        elif kind == "gradient":
-            gradient_graph_path(bench_model(rest[0]))
-        else:
-            head_graph_path(*rest)
+        try:
+            if kind == "graph":
+                graph_path(bench_model(rest[0]), rest[1])
+            elif kind == "bare":
+                bare_graph_path(bench_model(rest[0]))
+            elif kind == "gradient":
+                gradient_graph_path(bench_model(rest[0]))
+            else:
+                head_graph_path(*rest)
+        except Exception as exc:  # noqa: BLE001 - the question that needs it fails and says why; build the rest
+            log(f"building {kind} {rest} failed: {type(exc).__name__}: {exc}")
     from common import BUILT
 
     print(json.dumps(BUILT))
@@ -159,8 +162,7 @@ def main() -> int:
         for k, v in built.items():
             BUILT[k] += v
         log(f"== {q} done in {sections[q].seconds:.0f} s (peak memory {peaks[q]:.1f} GiB)")
-    if failed:
-        return 1
+    chosen = [q for q in chosen if q in sections]
     elapsed = time.perf_counter() - t0
     targets = [t for q in chosen for t in sections[q].targets]
     cache = ("graph cache warm: nothing exported" if not BUILT["exports"] else
@@ -175,9 +177,11 @@ def main() -> int:
                                                           for q in chosen) + ".",
              "## Targets\n\n" + md_table(["target", "result", "verdict"], [[t, r, verdict(ok)] for t, r, ok in targets]),
              *[sections[q].markdown() for q in chosen], _gpu_section()]
+    if failed:
+        parts.insert(2, f"**Failed in this run** (no results; see its log): {', '.join(failed)}.")
     write_text(out, "\n\n".join(p.strip() for p in parts) + "\n")
     log(f"wrote {out} ({elapsed / 60:.1f} min)")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
