@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> Section:
                                 r["total_s"] <= TARGETS[kind]])
             notes.append(f"{model} {method}: {fmt_time(r['total_s'])}, of which {top[0][0]} "
                          f"{100 * top[0][1] / r['total_s']:.0f} % and {top[1][0]} {100 * top[1][1] / r['total_s']:.0f} %.")
+    before = _before_table(results)
     body = f"""
 `oodgate.export` of a calibration, one fresh process per row (as the CLI runs it), {args.threads} thread(s); stage
 times are exclusive (a stage inside another is subtracted from it). Stages of ≥ 5 % of the total are listed; all of
@@ -123,9 +124,30 @@ Per stage (seconds):
 {md_table(["stage", *[f"{r['model']} {r['method']}" for r in results]],
           [[s, *[f"{r['stages_s'].get(s, 0.0):.1f}" for r in results]]
            for s in dict.fromkeys([*(st for st, _, _ in STAGES), "other (imports, module set-up, metadata)"])])}
-"""
+{before}"""
     return Section("export_time", "6. Export time: where oodgate.export spends it", body, {"results": results},
                    targets, ["**Export time.** " + " ".join(notes)])
+
+
+def _before_table(results: list[dict]) -> str:
+    """Before / after, when bench/export_time_before.json (the same measurement of the previous exporter) exists."""
+    path = Path(__file__).with_name("export_time_before.json")
+    if not path.is_file():
+        return ""
+    old = json.loads(path.read_text())
+    rows = []
+    for r in results:
+        b = next((x for x in old["data"]["results"] if (x["model"], x["method"]) == (r["model"], r["method"])), None)
+        if b:
+            ser = [x["stages_s"].get("serialisation (save, load)", 0.0) for x in (b, r)]
+            rows.append([r["model"], r["method"], fmt_time(b["total_s"]), fmt_time(r["total_s"]),
+                         f"{r['total_s'] / b['total_s']:.2f}×", f"{fmt_time(ser[0])} → {fmt_time(ser[1])}"])
+    if not rows:
+        return ""
+    return (f"\n**Before / after** — before: `bench/export_time_before.json`, the same measurement of "
+            f"{old['measured_with']}, load average {old['load_average_during']}; after: this run. On a shared "
+            "machine the totals move with the load; the serialisation stage is the part this issue changed.\n\n"
+            + md_table(["model", "method", "before", "after", "after / before", "serialisation stage"], rows) + "\n")
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
