@@ -93,7 +93,8 @@ def child(model: str, method: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> Section:
-    models = chosen_models(args, quick=("digits-cnn",)) if args.models or args.quick else ["digits-cnn", "resnet50-sized"]
+    models = (chosen_models(args, quick=("digits-cnn",)) if args.models or args.quick
+              else ["digits-cnn", "resnet50-sized"])
     methods = [m.strip() for m in args.methods.split(",")]
     results, rows, targets, notes = [], [], [], []
     for model in models:
