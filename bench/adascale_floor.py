@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> Section:
     rows, floors, profile_rows, targets, notes = [], [], [], [], []
     for name in chosen_models(args):
         bm = bench_model(name)
-        graphs = {g: ort_cpu(graph_path(bm, m), args.threads) for g, m in (("graph A", "adascale_a"),
-                                                                           ("graph L", "adascale_l")) if m in GRAPHS[name]}
+        pairs = [(g, m) for g, m in (("graph A", "adascale_a"), ("graph L", "adascale_l")) if m in GRAPHS[name]]
+        graphs = {g: ort_cpu(graph_path(bm, m), args.threads) for g, m in pairs}
         cal_a = calibration(bm, "adascale_a")
         grad_path = gradient_graph_path(bm)
         grad_sess, bare_sess = ort_cpu(grad_path, args.threads), ort_cpu(bare_graph_path(bm), args.threads)
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> Section:
         for batch in (1, 8) if args.quick else BATCHES[name]:
             reps = 3 if args.quick else REPS.get((name, batch), 5)
             x = bm.inputs(batch)
-            variants = {**{g: ort_runner(s, x) for g, s in graphs.items()}, "eager floor": eager_floor_runner(bm, x, eps),
+            variants = {**{g: ort_runner(s, x) for g, s in graphs.items()},
+                        "eager floor": eager_floor_runner(bm, x, eps),
                         "ORT floor": ort_floor_runner(grad_sess, bare_sess, x, eps),
                         "eager reference": eager_runner(bm, cal_a, x), "bare": ort_runner(bare_sess, x),
                         "eager forward": eager_runner(bm, calibration(bm, "energy"), x)}
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> Section:
             targets.append([f"2. ORT ≥ 1.3× PyTorch eager — AdaSCALE, {name}, batch {batch} (question 3)",
                             f"{speedup:.2f}× (worse of A, L)", speedup >= 1.3])
             med = {k: Stat.of(v).median for k, v in t.items()}
-            parts = {"eager forward": med["eager forward"], "eager backward": med["eager floor"] - 2 * med["eager forward"],
+            parts = {"eager forward": med["eager forward"],
+                     "eager backward": med["eager floor"] - 2 * med["eager forward"],
                      "ORT forward": med["bare"], "ORT backward": med["ORT floor"] - 2 * med["bare"]}
             floors.append([bm.name, batch, fmt_time(med["eager floor"]), fmt_time(med["ORT floor"]),
                            *(fmt_time(v) for v in parts.values())])

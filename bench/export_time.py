@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> Section:
                 targets.append([f"6. export ≤ {TARGETS[kind]:.0f} s — {model} {method}", fmt_time(r["total_s"]),
                                 r["total_s"] <= TARGETS[kind]])
             notes.append(f"{model} {method}: {fmt_time(r['total_s'])}, of which {top[0][0]} "
-                         f"{100 * top[0][1] / r['total_s']:.0f} % and {top[1][0]} {100 * top[1][1] / r['total_s']:.0f} %.")
+                         f"{100 * top[0][1] / r['total_s']:.0f} % and {top[1][0]} "
+                         f"{100 * top[1][1] / r['total_s']:.0f} %.")
     before = _before_table(results)
     body = f"""
 `oodgate.export` of a calibration, one fresh process per row (as the CLI runs it), {args.threads} thread(s); stage

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from common import (GRAPHS, SINGLE_PASS, Section, Stat, bench_model, calibration, chosen_models, eager_runner, fmt_ratio,
+from common import (GRAPHS, SINGLE_PASS, Section, Stat, bench_model, calibration, chosen_models, eager_runner,
+                    fmt_ratio,
                     fmt_time, graph_path, log, md_table, ort_cpu, ort_runner, ratio, script_main, time_interleaved,
                     verdict)
 

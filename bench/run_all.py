@@ -175,7 +175,8 @@ def main() -> int:
              f"Run time of this command: **{elapsed / 60:.1f} min** ({cache}). Per question (its own process; wall "
              "time, peak resident memory): " + ", ".join(f"{q} {sections[q].seconds / 60:.1f} min, {peaks[q]:.1f} GiB"
                                                           for q in chosen) + ".",
-             "## Targets\n\n" + md_table(["target", "result", "verdict"], [[t, r, verdict(ok)] for t, r, ok in targets]),
+             "## Targets\n\n" + md_table(["target", "result", "verdict"],
+                                          [[t, r, verdict(ok)] for t, r, ok in targets]),
              *[sections[q].markdown() for q in chosen], _gpu_section()]
     if failed:
         parts.insert(2, f"**Failed in this run** (no results; see its log): {', '.join(failed)}.")
