@@ -25,7 +25,7 @@ from common import (BUILT, ROOT, Section, load_results, log, machine_info, md_ta
                     write_text)
 
 #: in the order they are started (the longest first, so that two lanes end close together)
-QUESTIONS = ("overhead", "ort_vs_eager", "adascale_floor", "scaling", "export_time", "calibration_cost",
+QUESTIONS = ("overhead", "export_time", "scaling", "calibration_cost", "ort_vs_eager", "adascale_floor",
              "session_options")
 MEMORY_HEAVY = {"overhead", "scaling"}
 BUDGET_S = 15 * 60
@@ -60,14 +60,14 @@ def _gpu_section() -> str:
     return "## GPU (from bench/gpu_check.json)\n\n" + markdown(json.loads(path.read_text()))
 
 
-def cache_items(quick: bool) -> list[list]:
+def cache_items(quick: bool, chosen: list[str]) -> list[list]:
     """What the questions will need built (graphs, heads, calibrations), most expensive first: prebuilt in --jobs
     processes before the timing starts, so that a cold cache's exports are shared evenly between the cores."""
     from common import GRAPHS, METHODS
 
     models = ("digits-cnn", "efficientnet-lite0") if quick else ("digits-cnn", "efficientnet-lite0", "resnet50-sized")
     items: list[list] = [["graph", "resnet50-sized", "adascale_a"]] if not quick else []
-    items += [["gradient", m] for m in models[::-1]]
+    items += [["gradient", m] for m in models[::-1] if "adascale_floor" in chosen]
     for model in models[::-1]:
         items += [["graph", model, m] for m in GRAPHS[model] if ["graph", model, m] not in items]
         items.append(["bare", model])
@@ -100,9 +100,9 @@ def build(items: list[list]) -> None:
     print(json.dumps(BUILT))
 
 
-def _prebuild(jobs: int, quick: bool) -> float:
+def _prebuild(jobs: int, quick: bool, chosen: list[str]) -> float:
     """Build the cache in ``jobs`` processes; adds what they built to BUILT; returns the wall time."""
-    t0, items = time.perf_counter(), cache_items(quick)
+    t0, items = time.perf_counter(), cache_items(quick, chosen)
     procs = [subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); "
                                f"from run_all import build; build({items[i::jobs]!r})"], stdout=subprocess.PIPE,
                               text=True) for i in range(jobs)]
@@ -121,6 +121,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for PyTorch and ORT (default 1)")
     parser.add_argument("--jobs", type=int, default=2, help="questions run at a time, one process each (default 2)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(QUESTIONS)}")
+    parser.add_argument("--from-results", action="store_true",
+                        help="no run: assemble the report from the questions' saved results (an interrupted run)")
     parser.add_argument("--out", type=Path, default=None, help="report path (default docs/BENCHMARKS.md; --quick: "
                                                                "bench/.cache/BENCHMARKS-quick.md)")
     args = parser.parse_args()
@@ -132,11 +134,20 @@ def main() -> int:
     command = " ".join(["python bench/run_all.py", *sys.argv[1:]])
     t0 = time.perf_counter()
     info = machine_info()
-    log(f"== building what is not cached yet, {args.jobs} process(es)")
-    build_s = _prebuild(args.jobs, args.quick)
     sections: dict[str, Section] = {}
     peaks: dict[str, float] = {}
-    pending, running, failed = list(chosen), {}, []
+    pending, running, failed = ([] if args.from_results else list(chosen)), {}, []
+    if args.from_results:
+        build_s = 0.0
+        for q in chosen:
+            if results_path(q).is_file():
+                sections[q], built = load_results(q)
+                peaks[q] = float("nan")
+            else:
+                failed.append(q)
+    else:
+        log(f"== building what is not cached yet, {args.jobs} process(es)")
+        build_s = _prebuild(args.jobs, args.quick, chosen)
     while pending or running:
         while pending and len(running) < args.jobs:
             busy = {q for q, _ in running.values()} & MEMORY_HEAVY
@@ -169,11 +180,14 @@ def main() -> int:
              f"{BUILT['exports']} graphs exported and {BUILT['calibrations']} calibrations fitted in this run: "
              f"{BUILT['export_seconds'] / 60:.1f} + {BUILT['calibration_seconds'] / 60:.1f} min of process time, "
              f"{build_s / 60:.1f} min of wall time before the timing started")
-    targets.append([f"`run_all.py` under {BUDGET_S // 60} minutes on this machine", f"{elapsed / 60:.1f} min ({cache})",
-                    elapsed < BUDGET_S])
+    if not args.from_results:
+        targets.append([f"`run_all.py` under {BUDGET_S // 60} minutes on this machine",
+                        f"{elapsed / 60:.1f} min ({cache})", elapsed < BUDGET_S])
     parts = [_header(info, args, command, [round(v, 2) for v in os.getloadavg()]),
-             f"Run time of this command: **{elapsed / 60:.1f} min** ({cache}). Per question (its own process; wall "
-             "time, peak resident memory): " + ", ".join(f"{q} {sections[q].seconds / 60:.1f} min, {peaks[q]:.1f} GiB"
+             ("Assembled from the questions' saved results (`--from-results`): the run that made them did not "
+              "finish, so there is no run time here. " if args.from_results else
+              f"Run time of this command: **{elapsed / 60:.1f} min** ({cache}). ")
+             + "Per question (its own process; wall time, peak resident memory): " + ", ".join(f"{q} {sections[q].seconds / 60:.1f} min, {peaks[q]:.1f} GiB"
                                                           for q in chosen) + ".",
              "## Targets\n\n" + md_table(["target", "result", "verdict"],
                                           [[t, r, verdict(ok)] for t, r, ok in targets]),
