@@ -187,8 +187,8 @@ def main() -> int:
              ("Assembled from the questions' saved results (`--from-results`): the run that made them did not "
               "finish, so there is no run time here. " if args.from_results else
               f"Run time of this command: **{elapsed / 60:.1f} min** ({cache}). ")
-             + "Per question (its own process; wall time, peak resident memory): " + ", ".join(f"{q} {sections[q].seconds / 60:.1f} min, {peaks[q]:.1f} GiB"
-                                                          for q in chosen) + ".",
+             + "Per question (its own process; wall time, peak resident memory): "
+             + ", ".join(f"{q} {sections[q].seconds / 60:.1f} min, {peaks[q]:.1f} GiB" for q in chosen) + ".",
              "## Targets\n\n" + md_table(["target", "result", "verdict"],
                                           [[t, r, verdict(ok)] for t, r, ok in targets]),
              *[sections[q].markdown() for q in chosen], _gpu_section()]
