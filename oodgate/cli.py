@@ -318,24 +318,29 @@ def parity(
 def inspect(
     graph: Annotated[Path, typer.Argument(help="ONNX graph to describe.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    trt_check: Annotated[bool, typer.Option("--trt-check", help="Also audit the graph against TensorRT's ONNX "
-                                                                "parser; exit 1 on errors.")] = False,
+    trt_check: Annotated[bool, typer.Option("--trt-check", help="Also check the graph with TensorRT's real ONNX "
+                                                                "parser and an engine build (TensorRT, or TensorRT-RTX "
+                                                                "from oodgate[trt-check], no GPU needed); without one, "
+                                                                "with a static operator table. Exit 1 on errors.")
+                         ] = False,
 ) -> None:
     """Show what is inside a graph: method, threshold, preprocessing, inputs/outputs, operators."""
     from .runtime.inspect import describe_graph, format_description
 
     desc = describe_graph(graph)
-    findings = None
-    if trt_check:  # -- TensorRT audit (issue 6) --
-        from .runtime.trt_audit import audit_graph, format_findings, has_errors
+    check = None
+    if trt_check:  # -- TensorRT check (issues 6, 17) --
+        from .runtime.trt_audit import check_graph
 
-        findings = audit_graph(graph)
-        desc["trt_check"] = [f.to_dict() for f in findings]
+        check = check_graph(graph)
+        desc["trt_check"] = check.to_dict()
     _echo(json.dumps(desc, indent=1) if as_json else format_description(desc))
-    if findings is not None:
+    if check is not None:
         if not as_json:
-            _echo(format_findings(findings, graph.name))
-        if has_errors(findings):
+            from .runtime.trt_audit import format_check
+
+            _echo(format_check(check, graph.name))
+        if not check.passed:
             raise typer.Exit(1)
 
 

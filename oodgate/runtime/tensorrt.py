@@ -357,7 +357,8 @@ def build_engine(graph: str | Path, *, precision: str = "fp32", profile: Any = D
     opt_profile = pg.Profile()
     for name, (lo, opt, hi) in profile_shapes(graph, profile).items():
         opt_profile.add(name, lo, opt, hi)
-    timing_cache = Path(timing_cache) if timing_cache is not None else None
+    # TensorRT-RTX: timing-cache operations are no-ops (deprecated since 1.2), so none is kept
+    timing_cache = Path(timing_cache) if timing_cache is not None and not rtx else None
     common: dict[str, Any] = {
         "profiles": [opt_profile],
         "load_timing_cache": str(timing_cache) if timing_cache is not None and timing_cache.is_file() else None,
@@ -379,7 +380,7 @@ def build_engine(graph: str | Path, *, precision: str = "fp32", profile: Any = D
 
     def finish(builder: Any, network: Any, config: Any) -> None:
         config.clear_flag(trt.BuilderFlag.TF32)  # strict FP32 (CreateConfigRTX leaves TF32 on)
-        if config.get_timing_cache() is None:  # a cache from another TensorRT/GPU was refused: start afresh
+        if timing_cache is not None and config.get_timing_cache() is None:  # another TensorRT/GPU's: start afresh
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
         report.flags = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
         built["config"] = config
@@ -393,7 +394,7 @@ def build_engine(graph: str | Path, *, precision: str = "fp32", profile: Any = D
             raise OodgateError(f"TensorRT could not build an engine for {graph} ({report.backend}, {precision}, "
                                f"batch {profile.to_list()}, {report.target}): {why}") from None
     data = bytes(serialized)
-    cache = built["config"].get_timing_cache() if built else None
+    cache = built["config"].get_timing_cache() if built and timing_cache is not None else None
     if timing_cache is not None and cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(timing_cache, bytes(cache.serialize()), overwrite=True)
