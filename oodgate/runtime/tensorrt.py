@@ -35,21 +35,21 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OodgateError
+from ..errors import OodgateError, ProviderError
 from ..files import write_atomic
-from .engine_cache import BatchProfile, CacheLookup, DeviceFacts, EngineCache, engine_key
+from .engine_cache import DEFAULT_BATCH_PROFILE, BatchProfile, CacheLookup, DeviceFacts, EngineCache, engine_key
 from .metadata import read_graph_info
 from .onnx_graph import NodeIO
 from .precision import PrecisionPlan, fp32_head_plan, head_region, pooling_chain
-from .session import ProviderError
 
 #: NVIDIA's package index: TensorRT's libraries (``tensorrt-cu12-libs``) are published there; PyPI only holds a
 #: placeholder that downloads from it while installing
 NVIDIA_INDEX = "https://pypi.nvidia.com"
 INSTALL_HINT = (f'pip install "oodgate[tensorrt]" --extra-index-url {NVIDIA_INDEX} (TensorRT 10 for CUDA 12, '
                 "cuda-python 12, Polygraphy) on a machine with an NVIDIA GPU and driver, or use --provider cpu / cuda")
+#: the provider name of this runner (re-exported as ``oodgate.runtime.providers.NATIVE_TENSORRT``)
 PROVIDER_NAME = "trt-native"
-DEFAULT_PROFILE = BatchProfile(1, 32, 32)
+DEFAULT_PROFILE = DEFAULT_BATCH_PROFILE
 #: the TensorRT line the native runner is written for (TensorRT 11 dropped the FP16 flag and precision constraints)
 SUPPORTED_MAJOR = 10
 

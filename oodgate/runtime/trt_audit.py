@@ -420,7 +420,7 @@ class TrtCheck:
 def real_parser() -> tuple[Any, str]:
     """(module, name) of a TensorRT ONNX parser that works here: TensorRT 10 where its builder starts (a GPU),
     else TensorRT-RTX (no GPU needed); ProviderError if neither."""
-    from .session import ProviderError
+    from ..errors import ProviderError
     from .tensorrt import collecting_logger, import_tensorrt, import_tensorrt_rtx
 
     reason = ""
@@ -478,7 +478,7 @@ def check_graph(graph: str | Path, *, real: bool | None = None, build: bool = Tr
 
     With the real parser, the table's findings are kept beside it: an error the parser does not confirm stays an
     error unless the engine was built (fail closed: the build is the proof); then it is shown as a disagreement."""
-    from .session import ProviderError
+    from ..errors import ProviderError
 
     static = audit_graph(graph)
     if real is False:

@@ -168,7 +168,7 @@ def test_dynamic_non_batch_axes_need_a_profile():
 def test_inspect_trt_check_falls_back_to_the_static_table_and_says_so(energy_graph, monkeypatch):
     from oodgate.cli import app
     from oodgate.runtime import trt_audit
-    from oodgate.runtime.session import ProviderError
+    from oodgate.errors import ProviderError
 
     def no_parser():
         raise ProviderError("the TensorRT-RTX check needs the tensorrt_rtx package, which is not installed: ...")
