@@ -445,16 +445,17 @@ def aot_build(graph: str | Path, *, target: str | None = DEFAULT_AOT_TARGET, tim
     this GPU for ``target=None``); {'status': 'ok' | 'failed' | 'timeout', ...}. A child process, because a build can
     run for minutes and Polygraphy binds one TensorRT flavour per process."""
     cmd = [sys.executable, "-m", "oodgate.runtime.trt_audit", str(graph), "--target", target or "gpu"]
+    label = f"SM{target.replace('.', '')} (ahead of time)" if target else "this GPU"
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"status": "timeout", "target": target or "this GPU", "seconds": round(time.perf_counter() - t0, 1),
+        return {"status": "timeout", "target": label, "seconds": round(time.perf_counter() - t0, 1),
                 "message": f"the engine build did not finish within {timeout:g} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"status": "failed", "target": target or "this GPU", "message": f"the build process failed: {tail}"}
+        return {"status": "failed", "target": label, "message": f"the build process failed: {tail}"}
     return json.loads(lines[-1])
 
 
