@@ -208,3 +208,13 @@ def test_fp16_is_refused_ahead_of_time(energy_graph):
         build_engine(energy_graph, target="8.9", precision="fp16")
     with pytest.raises(OodgateError, match="compute capability '5.0'"):
         build_engine(energy_graph, target="5.0")
+
+
+def test_the_zoo_hook_rejects_what_the_parser_rejects(assert_tensorrt_parses, energy_graph, tmp_path):
+    assert_tensorrt_parses(energy_graph)
+    proto = onnx.load(str(energy_graph))
+    proto.graph.node.append(helper.make_node("Unique", ["score"], ["uniq"], name="unsupported_unique"))
+    bad = tmp_path / "with-unique.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(AssertionError, match=r"unsupported_unique \(Unique\)"):
+        assert_tensorrt_parses(bad)
