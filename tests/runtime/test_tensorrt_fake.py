@@ -1,7 +1,7 @@
 """The native TensorRT runner's plumbing on a CPU: TensorRT, cuda-python and Polygraphy's loaders and TrtRunner are
 replaced by stand-ins with their Python surface (the "engine" runs the graph with ONNX Runtime), so that the engine
 cache decisions, batching over the profile, padding, the runner's life cycle and the Session API are exercised here.
-The build itself runs for real with TensorRT-RTX's ahead-of-time builder in test_tensorrt_build.py; what only a GPU
+The build itself runs for real with TensorRT-RTX's ahead-of-time builder in test_trt_check.py; what only a GPU
 can check (running an engine, FP16 numerics) is in test_tensorrt_runner.py, marked `gpu`."""
 
 from __future__ import annotations
