@@ -385,7 +385,9 @@ def build_engine(graph: str | Path, *, precision: str = "fp32", profile: Any = D
         report.flags = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
         built["config"] = config
 
-    with _silenced(verbose):
+    with _silenced(verbose), warnings.catch_warnings():
+        # CreateConfigRTX sets an empty timing cache, which TensorRT-RTX deprecates as a no-op
+        warnings.filterwarnings("ignore", "Use Deprecated in TensorRT-RTX", DeprecationWarning)
         try:
             serialized = pg.EngineBytesFromNetwork((builder, network, parser),
                                                    config=pg.PostprocessConfig(create, finish))()
