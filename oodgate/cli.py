@@ -326,6 +326,10 @@ def inspect(
                                                                 "from oodgate[trt-check], no GPU needed); without one, "
                                                                 "with a static operator table. Exit 1 on errors.")
                          ] = False,
+    trt_build: Annotated[bool, typer.Option("--trt-build/--no-trt-build", help="With --trt-check: also build an "
+                                                                            "engine (at most 120 s; AdaSCALE's "
+                                                                            "graphs take longer on a CPU).")
+                         ] = True,
 ) -> None:
     """Show what is inside a graph: method, threshold, preprocessing, inputs/outputs, operators."""
     from .runtime.inspect import describe_graph, format_description
@@ -335,7 +339,7 @@ def inspect(
     if trt_check:  # -- TensorRT check (issues 6, 17) --
         from .runtime.trt_audit import check_graph
 
-        check = check_graph(graph)
+        check = check_graph(graph, build=trt_build)
         desc["trt_check"] = check.to_dict()
     _echo(json.dumps(desc, indent=1) if as_json else format_description(desc))
     if check is not None:

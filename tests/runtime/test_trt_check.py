@@ -180,6 +180,17 @@ def test_the_fixed_static_table_agrees_with_the_real_parser_and_builder(case, tm
     assert has_errors(audit_graph(proto)) == (not builds), [str(f) for f in audit_graph(proto)]
 
 
+def test_inspect_no_trt_build_only_parses(digits_graph):
+    from typer.testing import CliRunner
+
+    from oodgate.cli import app
+
+    res = CliRunner().invoke(app, ["inspect", str(digits_graph("adascale_a")), "--trt-check", "--no-trt-build"])
+    assert res.exit_code == 0, res.output
+    assert "with TensorRT-RTX " in res.output and "engine build" not in res.output
+    assert res.output.rstrip().endswith("ONNX parser read every node")
+
+
 def test_a_builder_rejection_is_an_error_with_tensorrts_reason(tmp_path):
     path = tmp_path / "topk.onnx"
     onnx.save(CASES["TopK k=3841 > 3840"][0], str(path))
