@@ -144,16 +144,86 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 18).")] = 18,
     check: Annotated[bool, typer.Option(help="Run ONNX Runtime against PyTorch before reporting success.")] = True,
+    # -- Triton model repository (issue 18) --
+    triton_repo: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here "
+                                                             "(<DIR>/<name>/config.pbtxt + 1/model.onnx).")] = None,
+    triton_name: Annotated[Optional[str], typer.Option(help="Triton model name (default: the graph's file "
+                                                            "name).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size (dynamic batching up to it).")] = 32,
+    accelerator: Annotated[str, typer.Option(help="Triton ORT accelerator: none | tensorrt | tensorrt:fp16 "
+                                                  "(on GPU instances).")] = "none",
+    # -- end Triton options --
     force: Force = False,
 ) -> None:
     """Export backbone + detector head + threshold as one ONNX graph, checked against PyTorch."""
     from .calibration import load_calibration
     from .exporter import export as run_export
 
+    if triton_repo is not None:  # refuse before the export, not after it
+        _triton_target_free(output, triton_repo, triton_name, force)
     res = run_export(load_calibration(calibration), output, opset=opset, overwrite=force, check=check)
     diff = "" if res.max_score_diff is None else f", ORT vs PyTorch max |score diff| {res.max_score_diff:.2g}"
     _echo(f"exported {res.method} to {res.path} (input (N, {', '.join(map(str, res.input_shape))}), "
           f"tau={res.threshold:.6g}{diff}, {res.seconds:.1f} s)")
+    if triton_repo is not None:
+        _write_triton(res.path, triton_repo, name=triton_name, max_batch_size=max_batch_size, accelerator=accelerator,
+                      force=force)
+
+
+# -- Triton and Ray (issue 18) -------------------------------------------------------------------------------
+def _triton_target_free(graph: Path, repo: Path, name: str | None, force: bool) -> None:
+    from .serving.triton import default_model_name
+
+    target = repo / (name or default_model_name(graph))
+    if target.exists() and not force:
+        raise OodgateError(f"{target} exists: choose another --triton-repo / --triton-name or pass --force")
+
+
+def _write_triton(graph: Path, repo: Path, *, force: bool, **config: Any) -> None:
+    from .serving.triton import write_triton_repo
+
+    model = write_triton_repo(graph, repo, overwrite=force, **config)
+    _echo(f"wrote Triton model '{model.name}': {model.config_path} and {model.model_path} (config checked against "
+          "the graph)")
+
+
+@app.command("triton-repo")
+def triton_repo_command(
+    graph: Annotated[Path, typer.Argument(help="ONNX graph made by `oodgate export`.")],
+    repo: Annotated[Path, typer.Option("--repo", help="Triton model repository folder (created if missing).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: the graph's file name).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="max_batch_size: the dynamic batcher joins requests up to "
+                                                     "it.")] = 32,
+    preferred_batch_size: Annotated[Optional[list[int]], typer.Option(help="Preferred batch size of the dynamic "
+                                                                           "batcher (repeatable).")] = None,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Longest wait for a batch to fill, in "
+                                                         "microseconds.")] = 100,
+    instance_kind: Annotated[str, typer.Option(help="auto | cpu | gpu (instance_group kind).")] = "auto",
+    instances: Annotated[int, typer.Option(help="Model instances (instance_group count).")] = 1,
+    accelerator: Annotated[str, typer.Option(help="none | tensorrt | tensorrt:fp16 (ORT's TensorRT accelerator, "
+                                                  "GPU instances).")] = "none",
+    trt_cache_dir: Annotated[Optional[str], typer.Option(help="TensorRT engine cache folder on the server.")] = None,
+    force: Force = False,
+) -> None:
+    """Write a Triton model repository entry for a graph: config.pbtxt (checked against the graph) + model.onnx."""
+    _write_triton(graph, repo, name=name, max_batch_size=max_batch_size,
+                  preferred_batch_sizes=tuple(preferred_batch_size or ()), max_queue_delay_us=max_queue_delay_us,
+                  instance_kind=instance_kind, instances=instances, accelerator=accelerator,
+                  trt_cache_dir=trt_cache_dir, force=force)
+
+
+@app.command("triton-check")
+def triton_check_command(
+    model: Annotated[Path, typer.Argument(help="A model folder of a Triton repository (holding config.pbtxt).")],
+    graph: Annotated[Optional[Path], typer.Option(help="The graph it should serve (default: the one in the "
+                                                       "newest version folder).")] = None,
+) -> None:
+    """Check a Triton model folder: config.pbtxt parses and matches its graph(s); exit 2 with the mismatches."""
+    from .serving.triton import check_triton_model
+
+    config = check_triton_model(model, graph)
+    _echo(f"{model}: config of '{config.name}' matches its graph (max_batch_size {config.max_batch_size})")
+# -- end Triton and Ray --
 
 
 @app.command()
