@@ -74,12 +74,17 @@ def score_dataset(dataset: Any, graph: str | Path, output: str | Path, *, image_
     if not 0 < cpus_per_actor <= 64 or actors < 1:
         raise OodgateError(f"actors={actors}, cpus_per_actor={cpus_per_actor}: give >= 1 actor and a positive "
                            "CPU share (fractional, e.g. 0.5, so that actors never wait on each other for cores)")
+    try:
+        from ray.data import ActorPoolStrategy
+    except ImportError:
+        raise OodgateError("scoring with Ray Data needs ray[data]: pip install 'oodgate[ray]'") from None
     staging = output.parent / f".{output.name}.tmp-{secrets.token_hex(4)}"
     try:
         scored = dataset.map_batches(
             GraphScorer, fn_constructor_kwargs={"graph": str(graph), "image_column": image_column, "keep": tuple(keep),
                                                 "threshold": threshold},
-            concurrency=actors, num_cpus=cpus_per_actor, batch_size=batch_size, batch_format="numpy")
+            compute=ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor, batch_size=batch_size,
+            batch_format="numpy")
         scored.write_parquet(str(staging))
         if not staging.is_dir():  # an empty dataset writes nothing
             staging.mkdir()
