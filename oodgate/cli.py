@@ -223,6 +223,85 @@ def triton_check_command(
 
     config = check_triton_model(model, graph)
     _echo(f"{model}: config of '{config.name}' matches its graph (max_batch_size {config.max_batch_size})")
+
+
+def _start_ray(address: str) -> Any:
+    """Ray for --ray: 'local' starts one on this machine bound to 127.0.0.1 only; anything else is an address."""
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at import: keeps a local Ray on loopback
+    try:
+        import ray
+    except ImportError:
+        raise OodgateError("--ray needs Ray: pip install 'oodgate[ray]'") from None
+    if address == "local":
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return ray
+
+
+@app.command("extract-features")
+def extract_features_command(
+    model: Annotated[str, typer.Argument(help="Model: a built-in name or 'package.module:factory'.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="ID data spec (as for calibrate).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Shard folder to write.")],
+    shard_size: Annotated[int, typer.Option(help="Rows (images) per shard.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 128,
+    ray_address: Annotated[Optional[str], typer.Option("--ray", help="Extract as Ray tasks: 'local' (this machine, "
+                                                                     "loopback only) or a cluster address "
+                                                                     "('auto').")] = None,
+    cpus_per_task: Annotated[float, typer.Option(help="CPUs per Ray task (fractional allowed).")] = 1.0,
+    weights: Annotated[Optional[Path], typer.Option(help="State-dict weights for the model.")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Attribute path of the final nn.Linear.")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing JSON (or file).")] = None,
+    force: Force = False,
+) -> None:
+    """Write the backbone features of ID images as shards (for fit-shards), in this process or as Ray tasks."""
+    from .calibration.shards import write_feature_shards
+    from .models import load_model
+
+    bundle = load_model(model, weights=weights, preprocess=_parse_preprocess(preprocess), head=head)
+    ray = _start_ray(ray_address) if ray_address else None
+    try:
+        out = write_feature_shards(bundle, data, output, shard_size=shard_size, batch_size=batch_size,
+                                   use_ray=ray is not None, cpus_per_task=cpus_per_task, overwrite=force)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    from .calibration.shards import open_shards
+
+    m = open_shards(out).manifest
+    _echo(f"wrote {len(m['shards'])} shards of {m['rows']} x {m['feature_dim']} features to {out}")
+
+
+@app.command("fit-shards")
+def fit_shards_command(
+    shards: Annotated[Path, typer.Argument(help="Shard folder made by `oodgate extract-features`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (.oodcal).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Detector (feature-based: not AdaSCALE).")] = "energy",
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Detector parameter key=value.")] = None,
+    holdout: Annotated[Optional[str], typer.Option(help="Held-out share of the rows (default 0.2), or a second "
+                                                        "shard folder of held-out ID data.")] = None,
+    tpr: Annotated[float, typer.Option(help="Share of held-out ID data the threshold accepts.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of the fit/holdout split.")] = 0,
+    force: Force = False,
+) -> None:
+    """Fit a detector and its threshold from feature shards, streamed; write a calibration file."""
+    from .calibration.shards import fit_from_shards
+
+    if output.exists() and not force:
+        raise OodgateError(f"{output} exists: choose another path or pass --force")
+    hold: Any = 0.2
+    if holdout is not None:
+        try:
+            hold = float(holdout)
+        except ValueError:
+            hold = Path(holdout)
+    cal = fit_from_shards(shards, method, holdout=hold, tpr=tpr, seed=seed, **_parse_params(param))
+    cal.save(output, overwrite=force)
+    _echo(cal.summary())
+    _echo(f"wrote {output}")
 # -- end Triton and Ray --
 
 

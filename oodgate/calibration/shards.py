@@ -76,7 +76,7 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
 
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise OodgateError(f"shard_size={shard_size!r}: give a positive number of rows per shard, e.g. 1024")
-    output = Path(output)
+    output = Path(output).resolve()  # Ray's workers do not share the caller's working folder
     if output.exists() and not overwrite:
         raise OodgateError(f"{output} exists: choose another shard folder or overwrite it (--force)")
     if output.exists() and not (output / MANIFEST).is_file():

@@ -66,7 +66,10 @@ def score_dataset(dataset: Any, graph: str | Path, output: str | Path, *, image_
     """Score a ``ray.data.Dataset`` with ``graph`` on a pool of ``actors`` (each holding a Session, fractional
     CPUs) and write the result as a Parquet folder at ``output``: written under a temporary name next to it and
     renamed into place when complete; an existing folder is replaced only with ``overwrite``."""
-    output = Path(output)
+    output = Path(output).resolve()  # Ray's workers do not share the caller's working folder
+    graph = Path(graph).resolve()
+    if not graph.is_file():
+        raise OodgateError(f"no such graph file: {graph}")
     if output.exists() and not overwrite:
         raise OodgateError(f"{output} exists: choose another output folder or overwrite it (--force)")
     if not output.parent.is_dir():

@@ -145,3 +145,19 @@ def test_feature_shards_as_ray_tasks_equal_the_plain_loop(local_ray, tmp_path):
     assert cal_a.threshold == pytest.approx(cal_b.threshold, rel=1e-5)
     addresses = ray_listening_addresses()
     assert addresses and all(_is_loopback(a) for a in addresses), addresses
+
+
+def test_readme_ray_snippet_runs_as_written(local_ray, digits_graph, tmp_path, monkeypatch):
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = re.search(r"<!-- README ray snippet: begin -->\n```python\n(.*?)```", text, re.S).group(1)
+    shutil.copyfile(digits_graph("dice"), tmp_path / "dice.onnx")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the README's own code, as a user runs it
+    got = read_scores(tmp_path / "scores")
+    from oodgate.data import digits
+
+    with Session(tmp_path / "dice.onnx", providers="cpu") as sess:
+        ref = sess.run(digits("test").images)
+    order = np.argsort(got["id"])
+    np.testing.assert_allclose(got["score"][order], ref.scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got["is_ood"][order], ref.is_ood)
