@@ -17,9 +17,14 @@ import pytest
 # Read by Ray when it is imported (set after `import ray` it is ignored: Ray then listened on the machine's external
 # address and on all interfaces, which the loopback check below caught). Without it Ray also used the external address.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-ray = pytest.importorskip("ray", reason="Ray (oodgate[ray]) is needed")
-pytest.importorskip("ray.data")
-pytest.importorskip("pyarrow")
+try:
+    import pyarrow  # noqa: F401
+    import ray
+    import ray.data
+except ImportError:  # CI installs them (.ci/run): there a missing Ray fails, never skips
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("Ray Data (pip install 'oodgate[ray]') is needed", allow_module_level=True)
 
 from oodgate.errors import OodgateError  # noqa: E402
 from oodgate.runtime import Session  # noqa: E402

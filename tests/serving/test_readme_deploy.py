@@ -3,6 +3,7 @@ write validate, and fit-shards gives the calibration `oodgate calibrate` gives (
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -20,7 +21,8 @@ def deploy_section() -> str:
 
 
 def test_readme_deploy_commands_run_as_written(tmp_path, monkeypatch):
-    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    if not os.environ.get("CI"):  # CI installs tritonclient: there its absence fails
+        pytest.importorskip("tritonclient.grpc.model_config_pb2")
     from oodgate.calibration import load_calibration
     from oodgate.cli import app
     from oodgate.serving.triton import check_triton_model
