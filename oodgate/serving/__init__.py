@@ -16,7 +16,9 @@ _LAZY = {
     "triton_config_text": "oodgate.serving.triton",
     "write_triton_repo": "oodgate.serving.triton",
     "GraphScorer": "oodgate.serving.ray_scoring",
+    "read_scores": "oodgate.serving.ray_scoring",
     "score_dataset": "oodgate.serving.ray_scoring",
+    "serve_graph": "oodgate.serving.pytriton_host",
 }
 
 __all__ = list(_LAZY)

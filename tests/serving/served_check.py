@@ -67,7 +67,9 @@ def main() -> None:
     with serve_graph(graph, name="gate", max_batch_size=8, max_queue_delay_us=2000) as served:
         import tritonclient.http as http
 
-        meta = http.InferenceServerClient(served.http, connection_timeout=TIMEOUT_S).get_model_config("gate")
+        meta_client = http.InferenceServerClient(served.http, connection_timeout=TIMEOUT_S)
+        meta = meta_client.get_model_config("gate")
+        meta_client.close()
         # batched requests of up to max_batch_size images each
         chunks = [x[i:i + served.max_batch_size] for i in range(0, len(x), served.max_batch_size)]
         for proto, query in (("http", query_http), ("grpc", query_grpc)):
