@@ -70,9 +70,9 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
     """
     import torch
 
-    from . import resolve_images, resolve_model
-    from ..models import split_classifier
+    from ..models.split import split_classifier
     from ..progress import progress_bar
+    from .calibrate import resolve_images, resolve_model
 
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise OodgateError(f"shard_size={shard_size!r}: give a positive number of rows per shard, e.g. 1024")
@@ -252,15 +252,15 @@ def fit_from_shards(shards: str | Path, method: str = "energy", *, holdout: floa
     held-out ID data (made with the same model). Features are streamed shard by shard (``batch_size`` rows to the
     detector at a time); only the held-out scores, one float per row, are kept.
     """
-    from . import _jsonable
     from ..data.preprocess import Preprocess
-    from ..detectors import detector as make_detector
+    from ..detectors.registry import detector as make_detector
+    from ..detectors.threshold import fit_threshold
     from ..progress import progress_bar
     from .artifact import Calibration
-    from .threshold import fit_threshold
+    from .calibrate import _jsonable
 
     det = make_detector(method, **params)
-    if det.needs_backbone:
+    if det.input_kind != "features":
         raise OodgateError(f"detector '{method}' needs the backbone itself (input gradients), not features: "
                            "calibrate it from images (oodgate calibrate)")
     fit = open_shards(shards)
@@ -287,7 +287,6 @@ def fit_from_shards(shards: str | Path, method: str = "energy", *, holdout: floa
     n_held = held.rows if held_rows is None else int(held_rows.sum())
     if n_fit == 0 or n_held == 0:
         raise OodgateError(f"need ID rows both to fit ({n_fit}) and to hold out ({n_held}): give more data")
-    extra = {"class_names": fit.manifest["class_names"]} if getattr(det, "uses_class_names", False) else {}
 
     def counted(stream: Iterator[tuple[np.ndarray, Any]], bar: Any) -> Iterator[tuple[np.ndarray, Any]]:
         for f, y in stream:
@@ -295,7 +294,8 @@ def fit_from_shards(shards: str | Path, method: str = "energy", *, holdout: floa
             yield f, y
 
     with progress_bar(n_fit, f"fit {method} from shards", progress) as bar:
-        det.fit(counted(fit.stream(fit_rows, batch_size), bar), weight=fit.weight, bias=fit.bias, **extra)
+        det.fit(counted(fit.stream(fit_rows, batch_size), bar), weight=fit.weight, bias=fit.bias,
+                class_names=fit.manifest["class_names"])
     scores = np.concatenate([det.score(f) for f, _ in held.stream(held_rows, batch_size)])
     tau = fit_threshold(scores, tpr)
     m = fit.manifest

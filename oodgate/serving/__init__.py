@@ -1,30 +1,16 @@
-"""Serving at scale on existing engines: a Triton model repository and Ray Data scoring. Never imports torch.
-
-Re-exports lazily, so that ``import oodgate.serving`` imports neither tritonclient nor ray.
-"""
+"""Serving at scale on existing engines: a Triton model repository, the Triton protocol through PyTriton, and
+Ray Data scoring. Never imports torch; names are imported on first use (no tritonclient, ray or pytriton before)."""
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_exports
 
-_LAZY = {
-    "TritonConfigError": "oodgate.serving.triton",
-    "TritonModel": "oodgate.serving.triton",
-    "check_triton_config": "oodgate.serving.triton",
-    "check_triton_model": "oodgate.serving.triton",
-    "triton_config_text": "oodgate.serving.triton",
-    "write_triton_repo": "oodgate.serving.triton",
-    "GraphScorer": "oodgate.serving.ray_scoring",
-    "read_scores": "oodgate.serving.ray_scoring",
-    "score_dataset": "oodgate.serving.ray_scoring",
-    "serve_graph": "oodgate.serving.pytriton_host",
+_EXPORTS = {
+    "TritonModel": ".triton", "check_triton_config": ".triton", "check_triton_model": ".triton",
+    "triton_config_text": ".triton", "write_triton_repo": ".triton",
+    "GraphScorer": ".ray_scoring", "read_scores": ".ray_scoring", "score_dataset": ".ray_scoring",
+    "serve_graph": ".pytriton_host",
+    "TritonConfigError": "..errors",
 }
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'oodgate.serving' has no attribute {name!r}")
+lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import OodgateError
-from ..files import write_atomic
+from ..errors import OodgateError, TritonConfigError
+from ..files import atomic_output, write_atomic
 from ..runtime.metadata import GraphInfo, read_graph_info
 
 #: ONNX element type (TensorProto enum value) -> Triton data type
@@ -33,10 +33,6 @@ CONFIG_FILE = "config.pbtxt"
 INSTANCE_KINDS = {"auto": None, "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 ACCELERATORS = {"none": None, "tensorrt": "FP32", "tensorrt:fp32": "FP32", "tensorrt:fp16": "FP16"}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-class TritonConfigError(OodgateError):
-    """A Triton model configuration that does not match its graph, or cannot be parsed."""
 
 
 @dataclass(frozen=True)
@@ -388,11 +384,11 @@ def write_triton_repo(graph: str | Path, repo: str | Path, *, name: str | None =
     try:
         write_atomic(staging / CONFIG_FILE, text.encode())
         (staging / str(version)).mkdir()
-        shutil.copyfile(graph, staging / str(version) / MODEL_FILE)
-        for rel in _external_files(graph):
-            dest = staging / str(version) / rel
+        for rel in [Path(graph.name), *_external_files(graph)]:
+            dest = staging / str(version) / (MODEL_FILE if rel == Path(graph.name) else rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(graph.parent / rel, dest)
+            with atomic_output(dest) as tmp:
+                shutil.copyfile(graph.parent / rel, tmp)
         check_triton_config(text, staging / str(version) / MODEL_FILE, model_name=name, source=f"{name}/{CONFIG_FILE}")
         _publish(staging, target, overwrite)
     except BaseException:

@@ -16,7 +16,7 @@ from oodgate.data import digits
 from oodgate.detectors import available_detectors, detector_class
 from oodgate.errors import ArtifactError, OodgateError
 
-FEATURE_METHODS = [m for m in available_detectors() if not detector_class(m).needs_backbone]
+FEATURE_METHODS = [m for m in available_detectors() if detector_class(m).input_kind == "features"]
 
 
 @pytest.fixture(scope="module")
