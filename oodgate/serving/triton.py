@@ -6,6 +6,7 @@ inputs and outputs (names, types, shapes) and its oodgate metadata before anythi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -378,6 +379,7 @@ def write_triton_repo(graph: str | Path, repo: str | Path, *, name: str | None =
         raise OodgateError(f"{target} exists: choose another --triton-name / folder or overwrite it (--force)")
     if target.exists() and not (target / CONFIG_FILE).is_file():
         raise OodgateError(f"{target} exists and is not a Triton model folder (no {CONFIG_FILE}): not replacing it")
+    created = not repo.exists()
     repo.mkdir(exist_ok=True)
     staging = repo / f".{name}.tmp-{secrets.token_hex(4)}"
     staging.mkdir()
@@ -393,6 +395,9 @@ def write_triton_repo(graph: str | Path, repo: str | Path, *, name: str | None =
         _publish(staging, target, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                repo.rmdir()  # only if still empty
         raise
     return TritonModel(name, target, target / CONFIG_FILE, target / str(version) / MODEL_FILE, text)
 

@@ -152,7 +152,11 @@ def test_a_failed_check_writes_nothing(digits_graph, tmp_path, monkeypatch):
                         lambda *a, **k: good(*a, **k).replace("dims: [ 10 ]", "dims: [ 11 ]"))
     with pytest.raises(TritonConfigError, match="axis 1 is 11"):
         write_triton_repo(graph, tmp_path / "repo", name="gate")
-    assert list((tmp_path / "repo").iterdir()) == []  # no model folder, no staging leftovers
+    assert not (tmp_path / "repo").exists()  # no model folder, no staging leftovers, not even the new repo folder
+    (tmp_path / "repo").mkdir()
+    with pytest.raises(TritonConfigError):
+        write_triton_repo(graph, tmp_path / "repo", name="gate")
+    assert list((tmp_path / "repo").iterdir()) == []  # an existing repository folder stays, empty
 
 
 def test_no_overwrite_without_force_and_replace_with_it(digits_graph, tmp_path):
