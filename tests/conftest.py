@@ -54,21 +54,28 @@ def digits_calibration() -> Callable[[str], object]:
 
 
 @pytest.fixture(scope="session")
-def digits_graph(digits_calibration, tmp_path_factory) -> Callable[[str], Path]:
-    """method -> path of the exported digits graph of that method (exported once per method)."""
+def digits_export(digits_calibration, tmp_path_factory) -> Callable[[str], tuple[object, object]]:
+    """method -> (calibration loaded back from its file, ExportResult): the library route save -> load_calibration
+    -> export, once per method. The loaded calibration has the in-memory one's checksum (tested where used)."""
+    from oodgate.calibration import load_calibration
     from oodgate.exporter import export
 
     folder = tmp_path_factory.mktemp("graphs")
-    cache: dict[str, Path] = {}
+    cache: dict[str, tuple[object, object]] = {}
 
-    def get(method: str) -> Path:
+    def get(method: str) -> tuple[object, object]:
         if method not in cache:
-            path = folder / f"digits-{method}.onnx"
-            export(digits_calibration(method), path)
-            cache[method] = path
+            loaded = load_calibration(digits_calibration(method).save(folder / f"digits-{method}.oodcal"))
+            cache[method] = loaded, export(loaded, folder / f"digits-{method}.onnx")
         return cache[method]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def digits_graph(digits_export) -> Callable[[str], Path]:
+    """method -> path of the exported digits graph of that method (exported once per method)."""
+    return lambda method: digits_export(method)[1].path
 
 
 @pytest.fixture(scope="session")

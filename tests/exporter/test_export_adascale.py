@@ -71,15 +71,13 @@ class Family:
 
 
 @pytest.fixture(scope="module")
-def digits_a(digits_calibration, tmp_path_factory) -> Family:
-    """calibrate -> save -> load_calibration -> export (the library route), AdaSCALE-A on the digits CNN."""
-    folder = tmp_path_factory.mktemp("adascale_digits")
+def digits_a(digits_calibration, digits_export) -> Family:
+    """calibrate -> save -> load_calibration -> export (the library route, tests/conftest.py), AdaSCALE-A on the
+    digits CNN."""
     original = digits_calibration("adascale_a")
-    saved = original.save(folder / "digits-adascale_a.oodcal")
-    loaded = load_calibration(saved)
+    loaded, result = digits_export("adascale_a")
     assert loaded.checksum() == original.checksum()
     np.testing.assert_array_equal(loaded.detector.ecdf_, original.detector.ecdf_)
-    result = export(loaded, folder / "digits-adascale_a.onnx")
     assert result.max_score_diff is not None and result.max_score_diff <= TOL * 100
     test = digits("test")
     return Family("digits-a", loaded, result.path, loaded.preprocess(test.images[:31]))
