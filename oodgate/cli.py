@@ -19,6 +19,10 @@ app = typer.Typer(
          "CI-check it. Scores are oriented so that higher = more in-distribution; is_ood = score < threshold.",
 )
 
+#: the built-in models by name, as in oodgate.models' registry (a test keeps the two equal; the CLI does not
+#: import torch to print its help)
+BUILTIN_MODEL_NAMES = ("digits-cnn", "fashion-cnn", "efficientnet-lite0", "fashion-effnet")
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -92,8 +96,9 @@ Provider = Annotated[str, typer.Option("--provider", "-p", help="Runtime: auto |
 
 @app.command()
 def calibrate(
-    model: Annotated[str, typer.Argument(help="Model: a built-in name (digits-cnn, efficientnet-lite0) or "
-                                              "'package.module:factory' returning a torch.nn.Module.")],
+    model: Annotated[str, typer.Argument(help=f"Model: a built-in name ({', '.join(BUILTIN_MODEL_NAMES)}) or "
+                                              "'module:factory' returning a torch.nn.Module (module found in "
+                                              "the current folder, --pythonpath or PYTHONPATH).")],
     data: Annotated[str, typer.Option("--data", "-d", help="ID data: digits:train, fashion-mnist:train, a folder "
                                                            "(one subfolder per class, or flat), or a .npy/.npz.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (.oodcal).")],
@@ -162,7 +167,8 @@ def run(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     provider: Provider = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Override the calibrated threshold.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table | jsonl | csv")] = "table",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table | jsonl | csv (default: from the --output "
+                                                                 "suffix .jsonl/.csv, else table)")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     force: Force = False,
@@ -170,8 +176,7 @@ def run(
     """Classify images and accept/reject each as in- or out-of-distribution."""
     from .runtime.providers import open_session  # provider specs such as trt-native:fp16 (issue 6)
 
-    if fmt not in ("table", "jsonl", "csv"):
-        raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
+    fmt = _run_format(fmt, output)
     files = _expand_inputs(inputs)
     with open_session(graph, provider) as sess:
         pred = sess.run([str(f) for f in files], threshold=threshold, batch_size=batch_size)
@@ -188,10 +193,27 @@ def run(
         width = max(len(str(r["input"])) for r in records)
         lines = [f"{'input':<{width}}  {'class':<16} {'score':>10}  decision (tau={pred.threshold:.6g})"]
         for r in records:
-            cls = str(r.get("class", r["label"]))[:16]
+            cls = str(r["label"] if r["class"] is None else r["class"])[:16]
             lines.append(f"{r['input']:<{width}}  {cls:<16} {r['score']:>10.4f}  {'OOD' if r['is_ood'] else 'ID'}")
         text = "\n".join(lines)
     _write_text(output, text, force)
+
+
+#: output suffixes that choose `oodgate run`'s format when --format is not given
+RUN_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}
+
+
+def _run_format(fmt: str | None, output: Path | None) -> str:
+    """The format of `oodgate run`: --format if given (it must agree with a .jsonl/.csv suffix), else the suffix."""
+    if fmt is not None and fmt not in ("table", "jsonl", "csv"):
+        raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
+    by_suffix = RUN_SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
+    if fmt is None:
+        return by_suffix or "table"
+    if by_suffix is not None and by_suffix != fmt:
+        raise OodgateError(f"--format {fmt} does not match the output suffix {output.suffix!r} ({by_suffix}): "
+                           f"drop --format or name the file for it")
+    return fmt
 
 
 def _parse_named(items: list[str]) -> dict[str, str]:
