@@ -172,6 +172,9 @@ def calibrate(
                                                                   "searched).")] = None,
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list) image files that cannot be decoded "
                                                        "instead of stopping at the first.")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Also load a --weights file that pickles a whole model "
+                                                    "(torch.save(model)); unpickling runs its code: only for files "
+                                                    "you trust.")] = False,
     # -- end preprocessing options --
     batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 128,
     force: Force = False,
@@ -188,7 +191,8 @@ def calibrate(
     prep = _parse_preprocess(preprocess, preset=preset, channels=channels, resize=resize, crop=crop, mean=mean,
                              std=std)
     _add_import_paths(pythonpath)
-    bundle = load_model(model, weights=weights, preprocess=prep, head=head)
+    bundle = load_model(model, weights=weights, preprocess=prep, head=head, pythonpath=pythonpath or (),
+                        trust_pickle=trust_pickle)
     data = _load_data(data, skip_unreadable)
     hold: Any = 0.2
     if holdout is not None:
@@ -212,6 +216,8 @@ def export(
     pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import the calibration's "
                                                                   "'module:factory' from (repeatable; the current "
                                                                   "folder is always searched).")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="The calibration's weights file pickles a whole model and you "
+                                                    "trust it (unpickling runs its code).")] = False,
     force: Force = False,
 ) -> None:
     """Export backbone + detector head + threshold as one ONNX graph, checked against PyTorch."""
@@ -219,8 +225,15 @@ def export(
     from .exporter import export as run_export
 
     _add_import_paths(pythonpath)
+    cal = load_calibration(calibration)
+    model = None
+    if trust_pickle and cal.model_ref and cal.model_weights:
+        from .models import load_model
 
-    res = run_export(load_calibration(calibration), output, opset=opset, overwrite=force, check=check)
+        model = load_model(cal.model_ref, weights=cal.model_weights, preprocess=cal.preprocess,
+                           trust_pickle=True).model
+
+    res = run_export(cal, output, model=model, opset=opset, overwrite=force, check=check)
     diff = "" if res.max_score_diff is None else f", ORT vs PyTorch max |score diff| {res.max_score_diff:.2g}"
     _echo(f"exported {res.method} to {res.path} (input (N, {', '.join(map(str, res.input_shape))}), "
           f"tau={res.threshold:.6g}{diff}, {res.seconds:.1f} s)")

@@ -29,8 +29,13 @@ DEMO_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dice_p90", "dice", {"p": 90}),
     ("line", "line", {}),
     ("mos", "mos", {}),
+    ("mos_g2", "mos", {"num_groups": 2}),
     ("adascale_a", "adascale_a", {}),
 )
+#: parity tolerances (atol, rtol): 1e-4 both, but AdaSCALE perturbs the 5 % input elements of smallest |gradient|,
+#: a ranking that ONNX Runtime's and PyTorch's gradients (equal to ~1e-6) can order differently for an element or
+#: two of an image, which moves that image's score by up to ~1e-3 relative (measured: 1 of 48 inputs, 5.9e-4)
+PARITY_TOL = {"adascale_a": (1e-4, 1e-3), "adascale_l": (1e-4, 1e-3)}
 #: the OOD sets, all offline; each is made at Fashion-MNIST's 28x28 grey, so that it goes through the same
 #: preprocessing (grey -> RGB, 64x64) as the ID images and differs from them only in content
 DEMO_OOD_SETS = ("digits", "textures", "photos", "faces", "sklearn-photos", "noise")
@@ -147,9 +152,11 @@ def run_demo(out_dir: str | Path, methods: list[str] | None = None, *, overwrite
                 ev = evaluate_session(sess, test_set, oods, progress=progress)
             ev.method = label
             result.evaluations.append(ev)
-            rep = parity(graph, parity_inputs, calibration=cal, model=split, providers=["cpu"])
+            atol, rtol = PARITY_TOL.get(method, (1e-4, 1e-4))
+            rep = parity(graph, parity_inputs, calibration=cal, model=split, providers=["cpu"], atol=atol, rtol=rtol)
             worst = max((o.max_abs_diff for r in rep.runtimes for o in r.outputs if o.output == "score"), default=0.0)
-            result.parity[label] = f"{'PASS' if rep.passed else 'FAIL'} (max |score diff| {worst:.2g})"
+            tol = "" if method not in PARITY_TOL else f", atol {atol:g} rtol {rtol:g}"
+            result.parity[label] = f"{'PASS' if rep.passed else 'FAIL'} (max |score diff| {worst:.2g}{tol})"
             result.graphs[label] = graph
             log(f"  {label:<10} tau={cal.threshold:<10.5g} exported {graph.name}  parity {result.parity[label]}  "
                 f"({time.perf_counter() - t:.1f} s)")
@@ -211,7 +218,8 @@ def demo_report(result: DemoResult, command: str = "oodgate demo") -> str:
              rejected_table(result.evaluations), "",
              "AUROC and FPR@95%TPR per set, in %:", "",
              metrics_table(result.evaluations), "",
-             "Parity ONNX Runtime vs PyTorch (atol 1e-4, rtol 1e-4): " +
+             "Parity ONNX Runtime vs PyTorch (atol 1e-4, rtol 1e-4 unless given; AdaSCALE's 5 % selection by "
+             "gradient rank makes its scores discontinuous, hence rtol 1e-3): " +
              ("PASS" if result.parity_passed else "FAIL"),
              *(f"- {m}: {v}" for m, v in result.parity.items())]
     return "\n".join(lines)

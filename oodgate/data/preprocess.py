@@ -117,7 +117,7 @@ class Preprocess:
         if size is None:
             raise OodgateError(
                 f"the input size is not fixed by {self!r}: set crop=(H, W) or resize=(H, W) "
-                "so that every image gives the same (C, H, W)"
+                "(--crop HxW or --resize HxW) so that every image gives the same (C, H, W)"
             )
         return (self.num_channels, *size)
 
