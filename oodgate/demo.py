@@ -120,7 +120,7 @@ def run_demo(out_dir: str | Path, methods: list[str] | None = None, *, overwrite
     """Calibrate each method (fit and threshold on unseen Fashion-MNIST 'train' images), export it, run the graph
     with ONNX Runtime on Fashion-MNIST 'test' vs the OOD sets, and check it against PyTorch."""
     from .calibration import calibrate
-    from .calibration.features import feature_cache
+    from .models.split import feature_cache
     from .exporter import export
     from .exporter.parity import parity
     from .models import split_classifier
