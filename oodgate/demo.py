@@ -18,7 +18,7 @@ import numpy as np
 
 from .data.sets import ImageSet, available_ood_sets, fashion_mnist, fashion_mnist_available, ood_set
 from .errors import OodgateError
-from .evaluation import Evaluation, evaluate_session, metrics_table
+from .evaluation.evaluate import Evaluation, evaluate_session, metrics_table
 
 #: (row label, detector, parameters), in the order shown; ``oodgate demo --method LABEL`` picks rows
 DEMO_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -64,7 +64,7 @@ class DemoResult:
 
 def demo_methods(names: list[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
     """The rows to run: all of DEMO_METHODS, or those named (a row label, or any detector with its defaults)."""
-    from .detectors import available_detectors
+    from .detectors.registry import available_detectors
 
     if not names:
         return list(DEMO_METHODS)
@@ -110,21 +110,21 @@ def demo_data() -> tuple[ImageSet, ImageSet, ImageSet]:
 
 def demo_model() -> Any:
     """The built-in fashion-effnet bundle (EfficientNet-Lite0 + Fashion-MNIST head)."""
-    from .models.fashion_effnet import bundle
+    from .models.registry import load_model
 
-    return bundle()
+    return load_model("fashion-effnet")
 
 
 def run_demo(out_dir: str | Path, methods: list[str] | None = None, *, overwrite: bool = False,
              log: Callable[[str], None] = print, progress: bool | None = None) -> DemoResult:
     """Calibrate each method (fit and threshold on unseen Fashion-MNIST 'train' images), export it, run the graph
     with ONNX Runtime on Fashion-MNIST 'test' vs the OOD sets, and check it against PyTorch."""
-    from .calibration import calibrate
-    from .models.split import feature_cache
-    from .exporter import export
-    from .exporter.parity import parity
-    from .models import split_classifier
-    from .runtime import Session
+    from .calibration.calibrate import calibrate
+    from .exporter.export import export
+    from .exporter.reference import parity
+    from .detectors.base import feature_cache
+    from .models.split import split_classifier
+    from .runtime.session import Session
 
     t0 = time.perf_counter()
     rows = demo_methods(methods)

@@ -34,17 +34,20 @@ def _error(monkeypatch, capsys, *args: object) -> str:
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    _error.stdout = captured.out
     return lines[0]
 
 
 @pytest.fixture(scope="module")
 def unnamed_graph(tmp_path_factory) -> Path:
     """A digits MSP graph calibrated from a bare torch module: no class names in its metadata."""
-    from oodgate import calibrate, export
-    from oodgate.data import digits
-    from oodgate.models import load_model
+    from oodgate.calibration.calibrate import calibrate
+    from oodgate.data.sets import digits
+    from oodgate.exporter.export import export
+    from oodgate.models.registry import load_model
 
     bundle = load_model("digits-cnn")
     cal = calibrate(bundle.model, digits("calib"), method="msp", preprocess=bundle.preprocess, progress=False)
@@ -55,7 +58,7 @@ def unnamed_graph(tmp_path_factory) -> Path:
 
 
 def test_run_output_suffix_picks_the_format(runner, energy_graph, digit_pngs, tmp_path):
-    from oodgate.runtime import Session
+    from oodgate.runtime.session import Session
 
     with Session(energy_graph, providers="cpu") as sess:
         pred = sess.run([str(p) for p in digit_pngs])
@@ -102,9 +105,8 @@ def test_preprocess_is_reachable_after_import_oodgate():
 
 
 def test_model_help_names_every_builtin(runner):
-    from oodgate.models import BUILTIN_MODELS, load_model  # noqa: F401 - load_model registers the optional ones
+    from oodgate.models.registry import BUILTIN_MODELS
 
-    load_model.__globals__["_load_extra_builtins"]() if "_load_extra_builtins" in load_model.__globals__ else None
     assert sorted(BUILTIN_MODEL_NAMES) == sorted(BUILTIN_MODELS)
     text = " ".join(_ok(runner, "calibrate", "--help").stdout.split())
     assert all(name in text for name in ("digits-cnn", "fashion-cnn", "efficientnet-lite0", "fashion-effnet"))
@@ -130,7 +132,7 @@ def test_corrupt_image_names_the_file_and_the_option(monkeypatch, capsys, energy
 
 
 def test_skip_unreadable_runs_the_rest_and_lists_the_file(energy_graph, folder_with_a_corrupt_jpeg, digit_pngs):
-    from oodgate.runtime import Session
+    from oodgate.runtime.session import Session
 
     out = subprocess.run([sys.executable, "-m", "oodgate.cli", "run", str(energy_graph),
                           str(folder_with_a_corrupt_jpeg), "-p", "cpu", "--format", "jsonl", "--skip-unreadable"],
@@ -167,14 +169,14 @@ def test_image_folder_skip_unreadable_keeps_labels_aligned(tmp_path, digit_pngs)
 def test_report_without_matplotlib_fails_before_scoring(monkeypatch, capsys, energy_graph, tmp_path):
     import importlib.util
 
-    import oodgate.evaluation as evaluation_pkg
+    import oodgate.evaluation.evaluate as evaluation_pkg
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     scored = []
-    monkeypatch.setattr(evaluation_pkg, "evaluate_session", lambda *a, **k: scored.append(1), raising=False)
+    monkeypatch.setattr(evaluation_pkg, "evaluate_session", lambda *a, **k: scored.append(1))
     line = _error(monkeypatch, capsys, "evaluate", energy_graph, "--id", "digits:test", "--ood", "noise=ood:noise",
                   "--report", tmp_path / "report")
     assert "matplotlib" in line and "'.[plots]'" in line and "--no-plots" in line
     assert scored == [] and not (tmp_path / "report").exists()
-    assert capsys.readouterr().out == ""  # no table printed before the error
+    assert _error.stdout == ""  # no table printed before the error

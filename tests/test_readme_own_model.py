@@ -40,8 +40,7 @@ def walkthrough(tmp_path_factory) -> Path:
 
 
 def test_the_walkthrough_runs_and_its_outputs_agree(walkthrough):
-    from oodgate.evaluation import metrics  # noqa: F401 - torch-free; the layout's path
-    from oodgate.runtime import Session
+    from oodgate.runtime.session import Session
     from sklearn.metrics import roc_auc_score
 
     folder = walkthrough

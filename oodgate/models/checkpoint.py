@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import OodgateError
+from ..errors import CheckpointError
 
 #: where training scripts put the state dict inside a checkpoint dict, in the order tried
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params", "ema", "model_ema",
@@ -23,10 +23,6 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", 
 #: key prefixes added by wrappers: DataParallel / DDP, torch.compile
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 TRUST_HINT = "--trust-pickle (Python: trust_pickle=True)"
-
-
-class CheckpointError(OodgateError):
-    """A weights file that cannot be read or does not fit the model."""
 
 
 def _is_state_dict(obj: Any) -> bool:

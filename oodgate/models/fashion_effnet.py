@@ -62,7 +62,7 @@ def card() -> dict:
 
 def bundle() -> "ModelBundle":  # noqa: F821 - the registry's type, imported lazily
     """The built-in ``fashion-effnet``: model, preprocessing, class names."""
-    from . import ModelBundle
+    from .registry import ModelBundle
 
     return ModelBundle(fashion_effnet(), Preprocess.from_dict(card()["preprocess"]), card()["class_names"],
                        "fashion-effnet", head="_fc")

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -111,43 +106,3 @@ def first_conv(model: nn.Module) -> tuple[str, int] | None:
             return name, int(module.in_channels)
     return None
 
-
-#: pooled features by (weights, input batch), inside ``feature_cache()`` only
-_FEATURE_CACHE: ContextVar[dict | None] = ContextVar("oodgate_feature_cache", default=None)
-
-
-@contextmanager
-def feature_cache() -> Iterator[None]:
-    """Within this block, the pooled features of the same weights on the same input batch are computed once (e.g.
-    when several single-pass detectors are calibrated on one model and one data set); outside it nothing is kept."""
-    token = _FEATURE_CACHE.set({}) if _FEATURE_CACHE.get() is None else None
-    try:
-        yield
-    finally:
-        if token is not None:
-            _FEATURE_CACHE.reset(token)
-
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 over a model's class name and state dict (names and bytes)."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    for name, t in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-@torch.no_grad()
-def pooled_features(split: SplitModel, x: np.ndarray, digest: str | None = None) -> np.ndarray:
-    """``split.features`` of a preprocessed batch as float32 (N, D), from the cache inside ``feature_cache()``."""
-    cache = _FEATURE_CACHE.get()
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    key = None
-    if cache is not None:
-        key = (digest or weights_digest(split), x.shape, hashlib.sha256(x.tobytes()).hexdigest())
-        if key in cache:
-            return cache[key].copy()  # a copy: callers may change their batch in place
-    h = split.features(torch.from_numpy(x)).numpy().astype(np.float32, copy=False)
-    if key is not None:
-        cache[key] = h.copy()
-    return h
