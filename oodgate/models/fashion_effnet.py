@@ -60,14 +60,6 @@ def card() -> dict:
     return json.loads(CARD.read_text())
 
 
-def bundle() -> "ModelBundle":  # noqa: F821 - the registry's type, imported lazily
-    """The built-in ``fashion-effnet``: model, preprocessing, class names."""
-    from .registry import ModelBundle
-
-    return ModelBundle(fashion_effnet(), Preprocess.from_dict(card()["preprocess"]), card()["class_names"],
-                       "fashion-effnet", head="_fc")
-
-
 @torch.no_grad()
 def _features(backbone: nn.Module, images: np.ndarray, prep: Preprocess) -> torch.Tensor:
     out = [backbone(torch.from_numpy(prep.load_batch(images[i:i + 256]))) for i in range(0, len(images), 256)]

@@ -61,7 +61,9 @@ def _efficientnet() -> ModelBundle:
 def _fashion_effnet() -> ModelBundle:
     from . import fashion_effnet as m
 
-    return m.bundle()
+    card = m.card()
+    return ModelBundle(m.fashion_effnet(), Preprocess.from_dict(card["preprocess"]), card["class_names"],
+                       "fashion-effnet", head="_fc")
 
 
 BUILTIN_MODELS: dict[str, Callable[[], ModelBundle]] = {
