@@ -47,22 +47,23 @@ def test_the_walkthrough_runs_and_its_outputs_agree(walkthrough):
     for name in ("mynet.oodcal", "mynet.onnx", "decisions.jsonl", "metrics.json"):
         assert (folder / name).is_file(), name
     decisions = [json.loads(line) for line in (folder / "decisions.jsonl").read_text().splitlines()]
-    inputs = sorted((folder / "images/test/3").glob("*.png")) + sorted((folder / "images/textures").glob("*.png"))
-    assert [Path(d["input"]).resolve() for d in decisions] == [p.resolve() for p in inputs]
+    trousers = sorted((folder / "images/test/Trouser").glob("*.png"))
+    inputs = trousers + sorted((folder / "images/textures").glob("*.png"))
+    assert [(folder / d["input"]).resolve() for d in decisions] == [p.resolve() for p in inputs]
     with Session(folder / "mynet.onnx", providers="cpu") as sess:
         pred = sess.run([str(p) for p in inputs])
         assert sess.info.preprocess.to_dict()["resize"] == [28, 28] and sess.input_shape == (1, 28, 28)
         test_files = sorted((folder / "images/test").rglob("*.png"))
-        ood_files = sorted((folder / "images/textures").glob("*.png"))
         id_scores = sess.run([str(p) for p in test_files]).scores
-        ood_scores = sess.run([str(p) for p in ood_files]).scores
+        ood_scores = {name: sess.run([str(p) for p in sorted((folder / "images" / name).glob("*.png"))]).scores
+                      for name in ("digits", "textures")}
     np.testing.assert_array_equal([d["score"] for d in decisions], pred.scores.astype(np.float64))
     assert [d["is_ood"] for d in decisions] == pred.is_ood.tolist()
-    # the digits of class 3 are (mostly) classified as 3 by the trained stand-in: the checkpoint was loaded
-    n3 = len(sorted((folder / "images/test/3").glob("*.png")))
-    assert np.mean(pred.labels[:n3] == 3) > 0.8
+    # the checkpoint was loaded: trousers (class 9 of the sorted folder names) are recognised
+    assert np.mean(pred.labels[:len(trousers)] == 9) > 0.8
     report = json.loads((folder / "metrics.json").read_text())
-    want = roc_auc_score(np.r_[np.ones(len(id_scores)), np.zeros(len(ood_scores))], np.r_[id_scores, ood_scores])
-    assert report["ood"]["textures"]["auroc"] == pytest.approx(want, abs=1e-12)
-    assert report["id_accuracy"] > 0.8
+    for name, scores in ood_scores.items():
+        want = roc_auc_score(np.r_[np.ones(len(id_scores)), np.zeros(len(scores))], np.r_[id_scores, scores])
+        assert report["ood"][name]["auroc"] == pytest.approx(want, abs=1e-12)
+    assert report["id_accuracy"] > 0.6
     assert "PASS" in (folder / "log.txt").read_text()
