@@ -128,11 +128,15 @@ def run_demo(out_dir: str | Path, methods: list[str] | None = None, *, overwrite
 
     t0 = time.perf_counter()
     rows = demo_methods(methods)
+    out = Path(out_dir)
+    for label, _, _ in rows:  # refuse before the work, not after the first method
+        for path in (out / f"{label}.oodcal", out / f"{label}.onnx"):
+            if path.exists() and not overwrite:
+                raise OodgateError(f"{path} exists (an earlier demo): choose another --out or pass --force")
     fit_set, held, test_set = demo_data()
     bundle = demo_model()
     split = split_classifier(bundle.model, head=bundle.head)
     oods, skipped = demo_ood_sets()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parity_inputs = bundle.preprocess(np.concatenate([test_set.images[:24], *(o.images[:4] for o in oods.values())]))
     result = DemoResult(skipped=skipped, model_card=_card())

@@ -8,6 +8,7 @@ model (``torch.save(model)``) is only unpickled with an explicit opt-in, because
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def _is_state_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+def find_state_dict(obj: Any, path: Path, ref: str = "the model") -> tuple[dict[str, torch.Tensor], str]:
     """The state dict inside a loaded checkpoint and where it was found ('' for the top level)."""
     if isinstance(obj, nn.Module):
         return obj.state_dict(), "a pickled model"
@@ -44,9 +45,11 @@ def find_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]
             if _is_state_dict(inner):
                 return dict(inner), f"key '{key}'"
         keys = ", ".join(repr(k) for k in list(obj)[:8])
-        raise CheckpointError(f"{path} holds a dict without a state dict (keys {keys}): save model.state_dict(), "
+        raise CheckpointError(f"cannot load weights {path} into {ref}: a dict without a state dict (keys {keys}): "
+                              "save model.state_dict(), "
                               f"or a dict with it under one of {', '.join(STATE_DICT_KEYS)}")
-    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict: save model.state_dict()")
+    raise CheckpointError(f"cannot load weights {path} into {ref}: it holds a {type(obj).__name__}, not a state "
+                          "dict: save model.state_dict()")
 
 
 def _strip_wrappers(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -88,7 +91,7 @@ def _mismatch_message(state: dict[str, torch.Tensor], model: nn.Module, path: Pa
         if common and all(k.startswith(common) and k[len(common):] in own for k in unexpected):
             hint = f"the file's keys carry the prefix '{common}': save the inner model's state_dict()"
     where_text = f" (state dict under {where})" if where else ""
-    return (f"weights {path}{where_text} do not fit {ref}: " + "; ".join(parts) + f": {hint}")
+    return (f"cannot load weights {path}{where_text} into {ref}: " + "; ".join(parts) + f": {hint}")
 
 
 def _common_prefix(keys: list[str]) -> str:
@@ -100,20 +103,22 @@ def load_weights(model: nn.Module, path: str | Path, *, ref: str = "the model", 
     """Load a weights file into ``model`` (strictly: every key, every shape); returns what was recognised."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no such weights file: {path}")
+        raise CheckpointError(f"no such weights file: {path} (check the --weights path)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:  # noqa: BLE001 - torch raises many types; say which case this is
         text = str(exc)
-        culprit = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+        culprit = re.search(r"GLOBAL ([\w.]+)", text)
         if not trust_pickle and culprit is not None:
             raise CheckpointError(
-                f"{path} is not a plain state dict ({culprit.rstrip('.')}): oodgate loads weights with "
+                f"cannot load weights {path} into {ref}: not a plain state dict (it pickles the Python object "
+                f"{culprit.group(1)}); oodgate loads weights with "
                 f"weights_only=True because unpickling a file runs its code; save model.state_dict() instead, or, "
                 f"if you trust this file, pass {TRUST_HINT}") from None
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-        raise CheckpointError(f"cannot read weights {path}: {first} (expected a file written by torch.save)") from None
-    state, where = find_state_dict(obj, path)
+        raise CheckpointError(f"cannot load weights {path} into {ref}: unreadable ({first}; expected a file written "
+                              "by torch.save)") from None
+    state, where = find_state_dict(obj, path, ref)
     state, stripped = _strip_wrappers(state, set(model.state_dict()))
     problem = _mismatch_message(state, model, path, ref, where)
     if problem:
