@@ -180,3 +180,32 @@ def test_report_without_matplotlib_fails_before_scoring(monkeypatch, capsys, ene
     assert "matplotlib" in line and "'.[plots]'" in line and "--no-plots" in line
     assert scored == [] and not (tmp_path / "report").exists()
     assert _error.stdout == ""  # no table printed before the error
+
+
+# -- checkpoints on the command line: a whole pickled model needs --trust-pickle, at calibrate and export ---------
+
+
+def test_pickled_checkpoint_needs_trust_pickle(monkeypatch, capsys, runner, tmp_path):
+    import torch
+
+    from oodgate.models.registry import load_model
+
+    torch.save(load_model("digits-cnn").model, tmp_path / "whole.pt")
+    args = ["calibrate", "digits-cnn", "--weights", tmp_path / "whole.pt", "--data", "digits:calib", "--method",
+            "msp", "-o", tmp_path / "msp.oodcal"]
+    line = _error(monkeypatch, capsys, *args)
+    assert "not a plain state dict" in line and "SmallCNN" in line and "--trust-pickle" in line
+    assert not (tmp_path / "msp.oodcal").exists()
+    _ok(runner, *args, "--trust-pickle")
+    line = _error(monkeypatch, capsys, "export", tmp_path / "msp.oodcal", "-o", tmp_path / "msp.onnx")
+    assert "--trust-pickle" in line and not (tmp_path / "msp.onnx").exists()
+    _ok(runner, "export", tmp_path / "msp.oodcal", "-o", tmp_path / "msp.onnx", "--trust-pickle")
+    from oodgate.data.sets import digits
+    from oodgate.runtime.session import Session
+
+    plain = load_model("digits-cnn")
+    with Session(tmp_path / "msp.onnx", providers="cpu") as sess:
+        got = sess.run(digits("test").images[:8]).scores
+    with torch.no_grad():
+        logits = plain.model(torch.from_numpy(plain.preprocess(digits("test").images[:8])))
+    np.testing.assert_allclose(got, torch.softmax(logits, 1).max(1).values.numpy(), rtol=1e-5, atol=1e-6)
