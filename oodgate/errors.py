@@ -35,5 +35,9 @@ class GradientTraceError(OodgateError, RuntimeError):
     """The traced gradient graph disagrees with eager autograd (a bug in a decomposition)."""
 
 
-__all__ = ["ArtifactError", "CheckpointError", "ExportError", "GradientTraceError", "NotFittedError", "OodgateError", "ProviderError",
-           "UnsupportedLayerError"]
+class TritonConfigError(OodgateError):
+    """A Triton model configuration that does not match its graph, or cannot be parsed."""
+
+
+__all__ = ["ArtifactError", "CheckpointError", "ExportError", "GradientTraceError", "NotFittedError", "OodgateError",
+           "ProviderError", "TritonConfigError", "UnsupportedLayerError"]
