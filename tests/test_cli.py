@@ -302,43 +302,4 @@ def test_console_entry_point_in_a_subprocess(energy_graph, foreign_graph):
 # -- demo ----------------------------------------------------------------------------------------------------
 
 
-def test_run_demo_library(tmp_path):
-    from oodgate.data import digits
-    from oodgate.demo import demo_report, run_demo
-    from oodgate.runtime import Session
-
-    logs: list[str] = []
-    result = run_demo(tmp_path, ["energy", "line"], n_ood=40, log=logs.append, progress=False)
-    assert [e.method for e in result.evaluations] == ["energy", "line"]
-    assert result.parity_passed and set(result.parity) == {"energy", "line"}
-    assert all(p.is_file() for p in result.graphs.values())
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["digits-energy.onnx", "digits-energy.oodcal",
-                                                          "digits-line.onnx", "digits-line.oodcal"]
-    from sklearn.metrics import roc_auc_score
-
-    for ev in result.evaluations:
-        assert ev.id_accuracy > 0.95
-        per_set = ev.per_set()
-        for o in ev.ood_sets:  # scikit-learn on the same scores, and the scores are the graph's
-            y = np.r_[np.ones(len(ev.id_set.scores)), np.zeros(len(o.scores))]
-            assert per_set[o.name]["auroc"] == pytest.approx(roc_auc_score(y, np.r_[ev.id_set.scores, o.scores]))
-        with Session(result.graphs[ev.method], "cpu") as sess:
-            np.testing.assert_array_equal(sess.run(digits("test").images).scores, ev.id_set.scores)
-    # LINe separates the digits from these OOD sets far better than chance; plain energy does not (docs/DIGITS.md)
-    line = dict(zip([e.method for e in result.evaluations], result.evaluations))["line"]
-    assert line.per_set()["mean"]["auroc"] > 0.75
-    report = demo_report(result)
-    assert "| energy |" in report and "| line |" in report and "AUROC" in report
-    assert "Parity ONNX Runtime vs PyTorch (atol 1e-4, rtol 1e-4): PASS" in report
-    assert len(logs) == 3 and "parity PASS" in logs[1]
-
-
-def test_demo_command(runner, tmp_path):
-    out = invoke(runner, "demo", "--out", tmp_path / "demo", "--method", "energy", "--report",
-                 tmp_path / "report.md").stdout
-    table = [line for line in out.splitlines() if line.startswith("| energy |")]
-    assert len(table) == 1 and "mean AUROC" in out
-    assert "Parity ONNX Runtime vs PyTorch (atol 1e-4, rtol 1e-4): PASS" in out and "- energy: PASS" in out
-    assert "demo finished" in out
-    assert (tmp_path / "demo" / "digits-energy.onnx").is_file()
-    assert "| energy |" in (tmp_path / "report.md").read_text()
+# (the demo's tests: tests/test_demo.py)
