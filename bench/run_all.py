@@ -29,6 +29,12 @@ QUESTIONS = ("overhead", "export_time", "scaling", "calibration_cost", "ort_vs_e
              "session_options")
 MEMORY_HEAVY = {"overhead", "scaling"}
 BUDGET_S = 15 * 60
+#: the serving benchmarks write their own document (bench/serve.py, bench/ray_scale.py)
+SERVING = """## Serving
+
+Serving over the Triton protocol (PyTriton, 8 concurrent clients: req/s, p50/p99) and batch scoring with Ray Data
+vs a process pool are measured by `bench/serve.py` and `bench/ray_scale.py`; their tables, with the machine, are
+in [SERVING](SERVING.md)."""
 
 
 def _header(info: dict, args: argparse.Namespace, command: str, load_end: list[float]) -> str:
@@ -191,7 +197,7 @@ def main() -> int:
              + ", ".join(f"{q} {sections[q].seconds / 60:.1f} min, {peaks[q]:.1f} GiB" for q in chosen) + ".",
              "## Targets\n\n" + md_table(["target", "result", "verdict"],
                                           [[t, r, verdict(ok)] for t, r, ok in targets]),
-             *[sections[q].markdown() for q in chosen], _gpu_section()]
+             *[sections[q].markdown() for q in chosen], _gpu_section(), SERVING]
     if failed:
         parts.insert(2, f"**Failed in this run** (no results; see its log): {', '.join(failed)}.")
     write_text(out, "\n\n".join(p.strip() for p in parts) + "\n")
