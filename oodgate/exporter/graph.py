@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -21,17 +23,31 @@ class FeatureScorer(nn.Module):
         return self.head(self.backbone(x))
 
 
+def is_ood(score: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """NOT(threshold <= score < +inf): a NaN or infinite score is OOD (fail closed), in the graph itself."""
+    accepted = (score >= threshold) & (score < float("inf"))
+    return torch.logical_not(accepted)
+
+
 class OodgateGraph(nn.Module):
-    """x -> (logits, score, is_ood = score < threshold, label); the threshold is a constant of the graph."""
+    """x -> (logits, score, is_ood = NOT(tau <= score < inf), label); the threshold is a constant of the graph.
+
+    Written as the negation of "accepted" so that a NaN score (every comparison False) is rejected.
+    """
 
     def __init__(self, scorer: nn.Module, threshold: float) -> None:
         super().__init__()
+        if not math.isfinite(float(threshold)):
+            from ..errors import OodgateError
+
+            raise OodgateError(f"threshold {threshold!r} is not finite: re-run calibrate (a NaN threshold accepts "
+                               "nothing or everything)")
         self.scorer = scorer
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, score, label = self.scorer(x)
-        return logits, score, score < self.threshold, label.to(torch.int64)
+        return logits, score, is_ood(score, self.threshold), label.to(torch.int64)
 
 
 def scorer_module(detector: object, split: nn.Module) -> nn.Module:
