@@ -47,6 +47,9 @@ class OodgateGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, score, label = self.scorer(x)
+        # a NaN/inf anywhere in an input makes its score NaN (x * 0 is NaN exactly there), so is_ood is True for it
+        # in every runtime, whatever the backbone's ReLUs and pools did with the non-finite value
+        score = score + (x * 0).sum(dim=tuple(range(1, x.ndim))).to(score.dtype)
         return logits, score, is_ood(score, self.threshold), label.to(torch.int64)
 
 
