@@ -257,6 +257,11 @@ def load_calibration(path: str | Path) -> Calibration:
                             f"{first:.120})") from None
     if _checksum(manifest, arrays) != manifest.get("checksum"):
         raise ArtifactError(f"{path} fails its checksum: the file was modified or is corrupt; re-run calibrate")
+    from ..detectors import available_detectors
+
+    if manifest["method"] not in available_detectors():
+        raise ArtifactError(f"{path}: method '{manifest['method']:.40}' is not a detector of this oodgate "
+                            f"({', '.join(available_detectors())}): re-run calibrate")
     scores = arrays["holdout_scores"]
     if scores.ndim != 1 or scores.dtype != np.float32 or not np.all(np.isfinite(scores)):
         raise ArtifactError(f"{path}: its held-out scores are not finite float32 values: re-run calibrate")
