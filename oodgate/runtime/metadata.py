@@ -47,7 +47,7 @@ class GraphInfo:
             meta = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{source}: oodgate metadata is not valid JSON ({exc})") from None
-        if meta.get("format") != GRAPH_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != GRAPH_FORMAT:
             raise ArtifactError(f"{source} was not made by oodgate export (no oodgate graph metadata)")
         if meta.get("format_version") != GRAPH_FORMAT_VERSION:
             raise ArtifactError(f"{source} has graph format version {meta.get('format_version')}; this oodgate "
