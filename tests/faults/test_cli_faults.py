@@ -97,7 +97,7 @@ PREP = '{"channels": "L", "resize": 16, "crop": [16, 16], "mean": [0.5], "std": 
                                            ("nosuch", "nosuch")])
 def test_d8_model_factory_faults(cli, out, factory_module, attr, fragment):
     expect_error(cli("calibrate", f"{factory_module}:{attr}", "--data", "digits:calib", "--output", out / "c.oodcal",
-                     "--preprocess", PREP, "--trust-model"), fragment)
+                     "--preprocess", PREP), fragment)
     nothing_written(out)
 
 
