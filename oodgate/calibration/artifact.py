@@ -70,6 +70,9 @@ class Calibration:
     oodgate_version: str = __version__
     #: sha256 of the (split) model's state the detector and threshold were fitted with (model_state_hash)
     model_sha256: str | None = None
+    #: in-memory only: whether a ``module:attr`` model_ref may be imported (set when the user names it again or
+    #: trusts the file: ``trust_model=True`` / ``--trust-model``); built-in names never need it
+    trust_model: bool = field(default=False, repr=False, compare=False)
     #: in-memory only: the folder relative paths (model_weights) resolve against (the calibration file's)
     base_dir: Path | None = field(default=None, repr=False, compare=False)
     #: in-memory only: the fitted detector and the model it was fitted with (not saved)
@@ -94,6 +97,11 @@ class Calibration:
             if not self.model_ref:
                 raise OodgateError("this calibration was made from an in-memory model with no reference: "
                                    "pass the model again (export(calibration, path, model=...))")
+            if ":" in self.model_ref and not self.trust_model:
+                raise ArtifactError(
+                    f"this calibration names the model '{self.model_ref}', which is code that would be imported and "
+                    f"run: name it again (--model {self.model_ref}) or pass --trust-model (trust_model=True) if you "
+                    "trust the file as much as that code")
             bundle = load_model(self.model_ref, weights=self.weights_path(), preprocess=self.preprocess)
             split = split_classifier(bundle.model, head=self.model_head)
             self.check_model(split)
