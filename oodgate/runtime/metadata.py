@@ -97,8 +97,13 @@ def _check_fields(meta: dict[str, Any], source: str) -> None:
         raise bad("preprocess", "an object")
 
 
-def graph_body_hash(model: Any, base_dir: str | Path | None = None) -> str:
-    """sha256 of everything in an ONNX model but its metadata_props (external weight bytes included)."""
+def graph_body_hash(model: Any, base_dir: str | Path | None = None,
+                    external_files: dict[str, str | Path] | None = None) -> str:
+    """sha256 of everything in an ONNX model but its metadata_props (external weight bytes included).
+
+    External data is read from ``base_dir / location``, or from ``external_files[location]`` (the exporter's
+    temporary file, before it is published under the name the graph refers to).
+    """
     import onnx
 
     body = onnx.ModelProto()
@@ -108,9 +113,13 @@ def graph_body_hash(model: Any, base_dir: str | Path | None = None) -> str:
     for init in body.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             info = {e.key: e.value for e in init.external_data}
-            if base_dir is None:
+            location = info.get("location", "")
+            if external_files and location in external_files:
+                file = Path(external_files[location])
+            elif base_dir is None:
                 raise ArtifactError(f"graph weight {init.name} is stored externally: give the graph's folder")
-            file = Path(base_dir) / info.get("location", "")
+            else:
+                file = Path(base_dir) / location
             offset, length = int(info.get("offset", 0) or 0), info.get("length")
             try:
                 with open(file, "rb") as fh:
@@ -125,13 +134,14 @@ def graph_body_hash(model: Any, base_dir: str | Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def seal_graph(model: Any, meta: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, Any]:
+def seal_graph(model: Any, meta: dict[str, Any], base_dir: str | Path | None = None,
+               external_files: dict[str, str | Path] | None = None) -> dict[str, Any]:
     """Write oodgate's metadata into ``model`` with the graph body hash and a checksum of the metadata text.
 
     Call it last, once the graph body is final. Integrity against corruption and inconsistent edits, not
     authenticity: anyone can re-seal an edited graph (see README, "What the integrity checks guarantee").
     """
-    meta = {**meta, "graph_sha256": graph_body_hash(model, base_dir)}
+    meta = {**meta, "graph_sha256": graph_body_hash(model, base_dir, external_files)}
     text = json.dumps(meta, sort_keys=True)
     del model.metadata_props[:]
     model.metadata_props.add(key=METADATA_KEY, value=text)
