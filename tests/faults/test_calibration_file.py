@@ -183,7 +183,7 @@ def test_one_flipped_bit_in_the_compressed_data(cli, original, tmp_path, fractio
     refused(cli, path, tmp_path)
 
 
-def test_d6_threshold_edited_without_resealing_fails_the_checksum(cli, original, tmp_path):
+def test_threshold_edited_without_resealing_fails_the_checksum(cli, original, tmp_path):
     manifest, entries = original
     path = write_calibration_zip(tmp_path / "bad.oodcal", {**manifest, "threshold": -1e9}, entries, reseal=False)
     refused(cli, path, tmp_path, "checksum")

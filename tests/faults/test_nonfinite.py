@@ -153,8 +153,8 @@ def test_d1_nan_is_a_mismatch_in_every_comparison(where):
     assert not cmp.passed and cmp.mismatched >= 1
 
 
-def test_d1_parity_fails_for_a_graph_whose_every_score_is_nan(cli, edit_graph, energy_calibration_file, tmp_path):
-    """The issue's case: an edited graph whose score is always NaN must not PASS parity (exit 1, FAIL)."""
+def test_parity_fails_for_a_graph_edited_to_a_nan_score(cli, edit_graph, energy_calibration_file, tmp_path):
+    """An edited graph whose score is always NaN must not PASS parity (exit 1, FAIL)."""
     from onnx import helper, numpy_helper
 
     def nan_score(model):
@@ -173,5 +173,23 @@ def test_d1_parity_fails_for_a_graph_whose_every_score_is_nan(cli, edit_graph, e
 
     path = edit_graph(nan_score, reseal_after=True)
     result = cli("parity", path, "--calibration", energy_calibration_file, "--data", "digits:test", "--limit", 16)
+    assert result.exception is None, result.exception
+    assert result.code == 1 and result.out.strip().splitlines()[-1] == "FAIL", (result.out, result.err)
+
+
+def test_d1_parity_against_a_golden_file_of_nan_scores_fails(cli, energy_graph, energy_cal, test_inputs, tmp_path):
+    """The issue's case: every score NaN on both sides (NaN inputs in the golden file) used to PASS with exit 0."""
+    try:
+        from oodgate.evaluation.parity import save_golden
+    except ImportError:
+        from oodgate.exporter.parity import save_golden
+    from oodgate import Session
+    from oodgate.runtime.metadata import read_graph_info
+
+    x = np.full((4, 1, 16, 16), np.nan, np.float32)
+    with Session(energy_graph, "cpu") as sess:
+        outs = sess.run_array(x)
+    golden = save_golden(tmp_path / "nan.npz", x, outs, graph_hash=read_graph_info(energy_graph).calibration_hash)
+    result = cli("parity", energy_graph, "--golden", golden)
     assert result.exception is None, result.exception
     assert result.code == 1 and result.out.strip().splitlines()[-1] == "FAIL", (result.out, result.err)
