@@ -21,6 +21,9 @@ GRAPH_FORMAT_VERSION = 1
 CHECKSUM_KEY = "oodgate.checksum"
 #: the comparison operators that can turn the score into is_ood against the baked threshold
 _COMPARISONS = ("GreaterOrEqual", "Greater", "Less", "LessOrEqual")
+#: the graph's input and its four outputs, in order
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "score", "is_ood", "label")
 
 
 @dataclass(frozen=True)
