@@ -89,8 +89,11 @@ class Calibration:
             self._detector = detector_class(self.method).from_state(self.params, self.state, self.info)
         return self._detector
 
-    def model(self) -> Any:
-        """The classifier as a SplitModel: the one calibrated in memory, or reloaded from ``model_ref``."""
+    def model(self, *, verify_state: bool = True) -> Any:
+        """The classifier as a SplitModel: the one calibrated in memory, or reloaded from ``model_ref``.
+
+        A reloaded model whose weights differ from the calibrated ones is refused (unless ``verify_state=False``,
+        for a caller that re-checks the threshold itself)."""
         if self._model is None:
             from ..models.registry import load_model
             from ..models.split import split_classifier
@@ -105,7 +108,8 @@ class Calibration:
                     "trust the file as much as that code")
             bundle = load_model(self.model_ref, weights=self.weights_path(), preprocess=self.preprocess)
             split = split_classifier(bundle.model, head=self.model_head)
-            self.check_model(split)
+            if verify_state:
+                self.check_model(split)
             self._model = split
         return self._model
 
@@ -266,7 +270,7 @@ def load_calibration(path: str | Path) -> Calibration:
                             f"{first:.120})") from None
     if _checksum(manifest, arrays) != manifest.get("checksum"):
         raise ArtifactError(f"{path} fails its checksum: the file was modified or is corrupt; re-run calibrate")
-    from ..detectors import available_detectors
+    from ..detectors.registry import available_detectors
 
     if manifest["method"] not in available_detectors():
         raise ArtifactError(f"{path}: method '{manifest['method']:.40}' is not a detector of this oodgate "
@@ -275,7 +279,7 @@ def load_calibration(path: str | Path) -> Calibration:
     if scores.ndim != 1 or scores.dtype != np.float32 or not np.all(np.isfinite(scores)):
         raise ArtifactError(f"{path}: its held-out scores are not finite float32 values: re-run calibrate")
     if scores.size:
-        from .threshold import fit_threshold
+        from ..detectors.threshold import fit_threshold
 
         if np.float32(fit_threshold(scores, manifest["tpr"])) != np.float32(manifest["threshold"]):
             raise ArtifactError(f"{path}: threshold {manifest['threshold']!r} is not the one fitted on its held-out "

@@ -68,6 +68,11 @@ def register_model(name: str, factory: Callable[[], ModelBundle]) -> None:
     BUILTIN_MODELS[name] = factory
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
 def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Preprocess | None = None,
                class_names: list[str] | None = None, head: str | None = None) -> ModelBundle:
     """Load a model by reference: a built-in name, or 'package.module:factory' (a callable returning an
@@ -80,7 +85,16 @@ def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Prepr
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise OodgateError(f"cannot load model factory '{ref}': {exc}") from None
-        model = factory()
+        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+            raise OodgateError(f"importing model module '{module_name}' failed: {type(exc).__name__}: "
+                               f"{_first_line(exc)}") from None
+        if not callable(factory):
+            raise OodgateError(f"model factory '{ref}' is a {type(factory).__name__}, not callable: name a function "
+                               "that returns a torch.nn.Module")
+        try:
+            model = factory()
+        except Exception as exc:  # noqa: BLE001 - the user's factory raised: name it in one line
+            raise OodgateError(f"model factory '{ref}' raised {type(exc).__name__}: {_first_line(exc)}") from None
         if not isinstance(model, nn.Module):
             raise OodgateError(f"model factory '{ref}' returned {type(model).__name__}, not a torch.nn.Module")
         if preprocess is None:
@@ -98,8 +112,9 @@ def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Prepr
             state = torch.load(path, map_location="cpu", weights_only=True)
             bundle.model.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - surface the reason in one line
-            raise OodgateError(f"cannot load weights {path} into {ref}: {str(exc).splitlines()[0]}") from None
-        bundle.extra["weights"] = str(path)
+            raise OodgateError(f"cannot load weights {path} into {ref}: {type(exc).__name__}: "
+                               f"{_first_line(exc) or 'unreadable file'}") from None
+        bundle.extra["weights"] = str(path.resolve())
     if preprocess is not None:
         bundle.preprocess = preprocess
     if class_names is not None:

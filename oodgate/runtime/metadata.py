@@ -16,7 +16,7 @@ from ..errors import ArtifactError
 
 METADATA_KEY = "oodgate"
 GRAPH_FORMAT = "oodgate-graph"
-GRAPH_FORMAT_VERSION = 1
+GRAPH_FORMAT_VERSION = 2  # 2: sealed (graph_sha256 + metadata checksum), is_ood = NOT(tau <= score < inf)
 #: metadata key of the sha256 of the exact JSON text stored under METADATA_KEY
 CHECKSUM_KEY = "oodgate.checksum"
 #: the comparison operators that can turn the score into is_ood against the baked threshold
@@ -234,10 +234,13 @@ def read_graph_info(path: str | Path, *, verify: bool = True) -> GraphInfo:
         raise ArtifactError(f"{path} was not made by oodgate export (no '{METADATA_KEY}' metadata): "
                             "export it with `oodgate export`")
     info = GraphInfo.from_json(props[METADATA_KEY], str(path))
-    if verify and (REQUIRE_SEAL or "graph_sha256" in info.raw):
+    if verify and REQUIRE_SEAL and "graph_sha256" not in info.raw:
+        raise ArtifactError(f"{path}: its oodgate metadata has no graph hash (graph_sha256): the graph was edited or "
+                            "is damaged; re-export it")
+    if verify:
         verify_graph(model, info, str(path), path.parent)
     return info
 
 
-#: graphs without a graph_sha256 (exported before the seal) are refused once the exporter seals every graph
-REQUIRE_SEAL = False
+#: every graph of format version 2 is sealed by the exporter: one without a graph_sha256 was edited
+REQUIRE_SEAL = True

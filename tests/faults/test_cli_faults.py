@@ -125,7 +125,7 @@ def test_d8_param_true_stays_a_bool(cli, out):
 # -- export -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("opset", ["999", "17", "0", "-1", "25"])
+@pytest.mark.parametrize("opset", ["999", "17", "0", "-1", "26"])
 def test_d8_export_opset_out_of_range_names_the_supported_range(cli, out, energy_calibration_file, opset):
     line = expect_error(cli("export", energy_calibration_file, "--output", out / "g.onnx", "--opset", opset),
                         "opset", "supported")

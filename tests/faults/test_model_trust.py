@@ -45,12 +45,14 @@ def calibrated(weights_setup, cli, monkeypatch):
     return root, state, target
 
 
-def _overwrite_weights(root, state, scale: float) -> None:
+def _overwrite_weights(root, state, noise: float) -> None:
+    """Retrained-looking weights: the first conv layer plus Gaussian noise of ``noise`` times its spread."""
     import torch
 
     new = {k: v.clone() for k, v in state.items()}
-    head = [k for k in new if k.endswith("weight")][-1]
-    new[head] = new[head] * scale
+    first = next(k for k in new if k.endswith("weight") and new[k].ndim == 4)
+    gen = torch.Generator().manual_seed(0)
+    new[first] = new[first] + noise * new[first].std() * torch.randn(new[first].shape, generator=gen)
     torch.save(new, root / "mynet.pt")
 
 
@@ -65,7 +67,7 @@ def test_d3_calibration_records_the_model_state_hash(calibrated):
 def test_d3_export_refuses_overwritten_weights(calibrated, cli, tmp_path):
     """The issue's case: mynet.pt replaced by other weights; export used to succeed with the old tau."""
     root, state, target = calibrated
-    _overwrite_weights(root, state, 3.0)
+    _overwrite_weights(root, state, 2.0)
     out = tmp_path / "out"
     out.mkdir()
     expect_error(cli("export", target, "--output", out / "g.onnx"), "weights differ")
@@ -74,7 +76,7 @@ def test_d3_export_refuses_overwritten_weights(calibrated, cli, tmp_path):
 
 def test_d3_parity_refuses_overwritten_weights(calibrated, cli, energy_graph):
     root, state, target = calibrated
-    _overwrite_weights(root, state, 3.0)
+    _overwrite_weights(root, state, 2.0)
     expect_error(cli("parity", energy_graph, "--calibration", target, "--data", "digits:test", "--limit", 8),
                  "weights differ")
 
@@ -92,7 +94,7 @@ def test_d3_relative_weights_resolve_against_the_calibration_file(calibrated, cl
 
 def test_d3_override_rechecks_and_accepts_harmless_new_weights(calibrated, cli, tmp_path):
     root, state, target = calibrated
-    _overwrite_weights(root, state, 1.0 + 1e-6)
+    _overwrite_weights(root, state, 1e-6)
     out = tmp_path / "g.onnx"
     result = cli("export", target, "--output", out, "--recheck-data", "digits:calib", "--no-check")
     assert result.code == 0, result.err
@@ -101,7 +103,7 @@ def test_d3_override_rechecks_and_accepts_harmless_new_weights(calibrated, cli, 
 
 def test_d3_override_rechecks_and_refuses_weights_that_move_the_threshold(calibrated, cli, tmp_path):
     root, state, target = calibrated
-    _overwrite_weights(root, state, 3.0)
+    _overwrite_weights(root, state, 2.0)
     out = tmp_path / "g.onnx"
     expect_error(cli("export", target, "--output", out, "--recheck-data", "digits:calib"), "re-run calibrate")
     assert not out.exists()

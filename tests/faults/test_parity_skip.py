@@ -68,7 +68,7 @@ def test_d4_allow_skip_passes_and_prints_the_whole_reason(cli, energy_graph, ene
 @needs_missing
 def test_d4_python_parity_report_fails_unless_skips_are_allowed(energy_cal, energy_graph, test_inputs):
     try:
-        from oodgate.evaluation.parity import parity
+        from oodgate.exporter.reference import parity
     except ImportError:
         from oodgate.exporter.parity import parity
     strict = parity(energy_graph, test_inputs[:8], calibration=energy_cal, providers=["cpu", MISSING[0]])
