@@ -186,12 +186,25 @@ def test_d2_cli_evaluate_maps_folders_or_refuses(cli, energy_graph, word_folder,
     assert json.loads(out.read_text())["id_accuracy"] > 0.95
 
 
-def test_d2_cli_class_names_are_stored_in_calibration_and_graph(cli, tmp_path):
+def test_d2_cli_class_names_are_stored_in_calibration_and_graph(cli, digits_test, tmp_path):
+    """Labelled data without class names (an .npz of images + labels) and names given on the command line."""
     from oodgate.calibration import load_calibration
+    from oodgate.exporter.export import graph_metadata
 
+    data = tmp_path / "digits.npz"
+    np.savez(data, images=digits_test.images, labels=digits_test.labels)
     names = [f"digit-{i}" for i in range(10)]
     out = tmp_path / "named.oodcal"
-    result = cli("calibrate", "digits-cnn", "--data", "digits:calib", "--output", out, "--class-names",
+    result = cli("calibrate", "digits-cnn", "--data", data, "--output", out, "--method", "mos", "--class-names",
                  ",".join(names))
     assert result.code == 0, result.err
-    assert load_calibration(out).class_names == names
+    cal = load_calibration(out)
+    assert cal.class_names == names
+    assert graph_metadata(cal, cal.preprocess.input_shape)["class_names"] == names
+
+
+@pytest.mark.parametrize("names,match", [("a,b,c", "3 class names"), ("a,a,b,c,d,e,f,g,h,i", "distinct"),
+                                         (",", "class names")])
+def test_bad_class_names_on_the_cli(cli, tmp_path, names, match):
+    expect_error(cli("calibrate", "digits-cnn", "--data", "digits:calib", "--output", tmp_path / "c.oodcal",
+                     "--class-names", names), match)

@@ -74,11 +74,13 @@ def test_d3_export_refuses_overwritten_weights(calibrated, cli, tmp_path):
     assert files_in(out) == []
 
 
-def test_d3_parity_refuses_overwritten_weights(calibrated, cli, energy_graph):
+def test_d3_parity_refuses_overwritten_weights(calibrated, cli, energy_graph, tmp_path):
+    """The PyTorch reference of parity (here: written as a golden file) is never computed with other weights."""
     root, state, target = calibrated
     _overwrite_weights(root, state, 2.0)
-    expect_error(cli("parity", energy_graph, "--calibration", target, "--data", "digits:test", "--limit", 8),
-                 "weights differ")
+    expect_error(cli("parity", energy_graph, "--calibration", target, "--data", "digits:test", "--limit", 8,
+                     "--save-golden", tmp_path / "g.npz"), "weights differ")
+    assert not (tmp_path / "g.npz").exists()
 
 
 def test_d3_relative_weights_resolve_against_the_calibration_file(calibrated, cli, tmp_path, monkeypatch):

@@ -182,38 +182,45 @@ def _fail_writes_in(monkeypatch, folder: Path, err: int, *, after_bytes: int = 0
     monkeypatch.setattr(os, "open", fake_open)
     if err == errno.ENOSPC:
         import builtins
-        import io
 
         real_builtin_open = builtins.open
+        real_write_bytes = Path.write_bytes
 
-        class Full(io.RawIOBase):
-            def __init__(self, name):
-                self.name, self.left = name, after_bytes
-                self._fh = real_builtin_open(name, "wb")
+        def full_write_bytes(self, data):
+            if Path(self).parent != folder:
+                return real_write_bytes(self, data)
+            real_write_bytes(self, bytes(data[:after_bytes]))  # the disk fills up part-way
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
-            def writable(self):
-                return True
+        class FullFile:
+            def __init__(self, fh, name):
+                self._fh, self.name, self.left = fh, name, after_bytes
 
             def write(self, b):
                 if len(b) > self.left:
-                    self._fh.write(bytes(b[: self.left]))
+                    self._fh.write(b[: self.left])
                     self.left = 0
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.name)
                 self.left -= len(b)
                 return self._fh.write(b)
 
-            def close(self):
+            def __getattr__(self, name):
+                return getattr(self._fh, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
                 self._fh.close()
-                super().close()
 
-        def fake_builtin_open(file, mode="r", *args, **kwargs):
-            if isinstance(file, (str, os.PathLike)) and Path(file).parent == folder and "w" in mode:
-                return io.BufferedWriter(Full(file)) if "b" in mode else io.TextIOWrapper(
-                    io.BufferedWriter(Full(file)))
-            return real_builtin_open(file, mode, *args, **kwargs)
+        def full_open(file, mode="r", *args, **kwargs):
+            fh = real_builtin_open(file, mode, *args, **kwargs)
+            if isinstance(file, (str, os.PathLike)) and Path(file).parent == folder and ("w" in mode or "a" in mode):
+                return FullFile(fh, str(file))
+            return fh
 
-        monkeypatch.setattr(builtins, "open", fake_builtin_open)
-        monkeypatch.setattr(Path, "write_bytes", lambda self, data: fake_builtin_open(self, "wb").write(data))
+        monkeypatch.setattr(builtins, "open", full_open)
+        monkeypatch.setattr(Path, "write_bytes", full_write_bytes)
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["full-disk", "read-only"])
@@ -223,7 +230,8 @@ def test_d8_full_disk_and_read_only_folder_are_one_line(cli, monkeypatch, tmp_pa
     folder = tmp_path / "out"
     folder.mkdir()
     args = {
-        "calibrate": ["calibrate", "digits-cnn", "--data", "digits:calib", "--output", folder / "c.oodcal"],
+        "calibrate": ["calibrate", "digits-cnn", "--data", "digits:calib", "--output", folder / "c.oodcal",
+                      "--batch-size", 64],
         "run": ["run", energy_graph, digit_pngs[0], "-p", "cpu", "--output", folder / "r.jsonl"],
         "parity-json": ["parity", energy_graph, "--calibration", energy_calibration_file, "--data", "digits:test",
                         "--limit", 8, "--json", folder / "p.json"],
@@ -272,16 +280,14 @@ elif point == "half-written":
             hold()
     pathlib.Path.write_bytes = half
 elif point == "fitting":
-    import oodgate.calibration.features as features
-    real_iter = features.iter_features
-    def slow(*a, **k):
-        for i, item in enumerate(real_iter(*a, **k)):
+    from oodgate.data.sets import ImageSet
+    real_batches = ImageSet.batches
+    def slow(self, *a, **k):
+        for i, item in enumerate(real_batches(self, *a, **k)):
             if i == 1:
                 hold()
             yield item
-    features.iter_features = slow
-    import oodgate.calibration.calibrate as cal_mod
-    cal_mod.iter_features = slow
+    ImageSet.batches = slow
 elif point == "graph-saved":
     import onnx
     real_save = onnx.save
