@@ -155,20 +155,28 @@ def seal_graph(model: Any, meta: dict[str, Any], base_dir: str | Path | None = N
 
 
 def baked_thresholds(model: Any) -> list[float]:
-    """The finite constants that the score is compared with on the way to the is_ood output."""
-    from .onnx_graph import ancestors, constant_values, graph_nodes
+    """The finite scalar constants that the comparisons deciding is_ood compare with (walking back from is_ood
+    through boolean operators only, so that comparisons inside the backbone are never taken for the threshold)."""
+    from .onnx_graph import constant_values, graph_nodes, producers
 
     graph = model.graph
-    nodes = graph_nodes(graph)
-    feeding = ancestors(nodes, ["is_ood"])
+    made_by = producers(graph_nodes(graph))
     values = constant_values(graph)
-    found = []
-    for node in nodes:
-        if node.name in feeding and node.op in _COMPARISONS and "score" in node.inputs:
+    found: list[float] = []
+    seen: set[str] = set()
+    queue = ["is_ood"]
+    while queue:
+        node = made_by.get(queue.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op in _COMPARISONS:
             for name in node.inputs:
                 value = values.get(name)
                 if value is not None and value.size == 1 and np.isfinite(value).all():
                     found.append(float(value.reshape(())))
+        elif node.op in ("Not", "And", "Or", "Xor", "Cast", "Identity"):
+            queue.extend(i for i in node.inputs if i)
     return found
 
 
