@@ -186,6 +186,18 @@ def test_d2_cli_evaluate_maps_folders_or_refuses(cli, energy_graph, word_folder,
     assert json.loads(out.read_text())["id_accuracy"] > 0.95
 
 
+def test_d2_cli_calibrate_with_a_class_map(cli, word_folder, tmp_path):
+    from oodgate.calibration import load_calibration
+
+    out = tmp_path / "mapped.oodcal"
+    expect_error(cli("calibrate", "digits-cnn", "--data", word_folder, "--output", out, "--method", "mos"), "eight")
+    assert not out.exists()
+    result = cli("calibrate", "digits-cnn", "--data", word_folder, "--output", out, "--method", "mos",
+                 "--class-map", json.dumps(WORD_MAP))
+    assert result.code == 0, result.err
+    assert load_calibration(out).class_names == DIGIT_NAMES
+
+
 def test_d2_cli_class_names_are_stored_in_calibration_and_graph(cli, digits_test, tmp_path):
     """Labelled data without class names (an .npz of images + labels) and names given on the command line."""
     from oodgate.calibration import load_calibration

@@ -355,15 +355,16 @@ def test_d7_concurrent_cli_writers(energy_graph, digit_pngs, tmp_path):
 
 
 def test_d7_concurrent_exports_without_force(energy_calibration_file, tmp_path):
-    """Three real `oodgate export` to one path: exactly one reports success, none overwrites, nothing is left."""
+    """Two real `oodgate export` to one path: exactly one reports success, none overwrites, nothing is left (the
+    16-way races above use the same writer; a torch export per process would take minutes on 2 cores)."""
     target = tmp_path / "g.onnx"
     cmd = [sys.executable, "-m", "oodgate.cli", "export", str(energy_calibration_file), "-o", str(target),
            "--no-check"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-             for _ in range(3)]
+             for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 2, 2], (codes, outs)
+    assert codes == [0, 2], (codes, outs)
     assert sum("exported" in out for out, _ in outs) == 1
     assert files_in(tmp_path) == ["g.onnx"]
     from oodgate import Session
