@@ -190,12 +190,23 @@ def export(
                                                                     "model without naming it.")] = False,
     recheck_data: Annotated[Optional[str], typer.Option(help="Export with changed weights if the calibrated "
                                                              "threshold still keeps its TPR on this ID data.")] = None,
+    # -- Triton model repository (issue 18) --
+    triton_repo: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here "
+                                                             "(<DIR>/<name>/config.pbtxt + 1/model.onnx).")] = None,
+    triton_name: Annotated[Optional[str], typer.Option(help="Triton model name (default: the graph's file "
+                                                            "name).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size (dynamic batching up to it).")] = 32,
+    accelerator: Annotated[str, typer.Option(help="Triton ORT accelerator: none | tensorrt | tensorrt:fp16 "
+                                                  "(on GPU instances).")] = "none",
+    # -- end Triton options --
     force: Force = False,
 ) -> None:
     """Export backbone + detector head + threshold as one ONNX graph, checked against PyTorch."""
     from .calibration.artifact import load_calibration
     from .exporter.export import export as run_export
 
+    if triton_repo is not None:  # refuse before the export, not after it
+        _triton_target_free(output, triton_repo, triton_name, force)
     cal = load_calibration(calibration)
     _model_trust(cal, model, trust_model)
     res = run_export(cal, output, opset=opset, overwrite=force, check=check, recheck_data=recheck_data)
@@ -206,6 +217,144 @@ def export(
     diff = "" if res.max_score_diff is None else f", ORT vs PyTorch max |score diff| {res.max_score_diff:.2g}"
     _echo(f"exported {res.method} to {res.path} (input (N, {', '.join(map(str, res.input_shape))}), "
           f"tau={res.threshold:.6g}{diff}, {res.seconds:.1f} s)")
+    if triton_repo is not None:
+        _write_triton(res.path, triton_repo, name=triton_name, max_batch_size=max_batch_size, accelerator=accelerator,
+                      force=force)
+
+
+# -- Triton and Ray (issue 18) -------------------------------------------------------------------------------
+def _triton_target_free(graph: Path, repo: Path, name: str | None, force: bool) -> None:
+    from .serving.triton import default_model_name
+
+    target = repo / (name or default_model_name(graph))
+    if target.exists() and not force:
+        raise OodgateError(f"{target} exists: choose another --triton-repo / --triton-name or pass --force")
+
+
+def _write_triton(graph: Path, repo: Path, *, force: bool, **config: Any) -> None:
+    from .serving.triton import write_triton_repo
+
+    model = write_triton_repo(graph, repo, overwrite=force, **config)
+    _echo(f"wrote Triton model '{model.name}': {model.config_path} and {model.model_path} (config checked against "
+          "the graph)")
+
+
+@app.command("triton-repo")
+def triton_repo_command(
+    graph: Annotated[Path, typer.Argument(help="ONNX graph made by `oodgate export`.")],
+    repo: Annotated[Path, typer.Option("--repo", help="Triton model repository folder (created if missing).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: the graph's file name).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="max_batch_size: the dynamic batcher joins requests up to "
+                                                     "it.")] = 32,
+    preferred_batch_size: Annotated[Optional[list[int]], typer.Option(help="Preferred batch size of the dynamic "
+                                                                           "batcher (repeatable).")] = None,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Longest wait for a batch to fill, in "
+                                                         "microseconds.")] = 100,
+    instance_kind: Annotated[str, typer.Option(help="auto | cpu | gpu (instance_group kind).")] = "auto",
+    instances: Annotated[int, typer.Option(help="Model instances (instance_group count).")] = 1,
+    accelerator: Annotated[str, typer.Option(help="none | tensorrt | tensorrt:fp16 (ORT's TensorRT accelerator, "
+                                                  "GPU instances).")] = "none",
+    trt_cache_dir: Annotated[Optional[str], typer.Option(help="TensorRT engine cache folder on the server.")] = None,
+    force: Force = False,
+) -> None:
+    """Write a Triton model repository entry for a graph: config.pbtxt (checked against the graph) + model.onnx."""
+    _write_triton(graph, repo, name=name, max_batch_size=max_batch_size,
+                  preferred_batch_sizes=tuple(preferred_batch_size or ()), max_queue_delay_us=max_queue_delay_us,
+                  instance_kind=instance_kind, instances=instances, accelerator=accelerator,
+                  trt_cache_dir=trt_cache_dir, force=force)
+
+
+@app.command("triton-check")
+def triton_check_command(
+    model: Annotated[Path, typer.Argument(help="A model folder of a Triton repository (holding config.pbtxt).")],
+    graph: Annotated[Optional[Path], typer.Option(help="The graph it should serve (default: the one in the "
+                                                       "newest version folder).")] = None,
+) -> None:
+    """Check a Triton model folder: config.pbtxt parses and matches its graph(s); exit 2 with the mismatches."""
+    from .serving.triton import check_triton_model
+
+    config = check_triton_model(model, graph)
+    _echo(f"{model}: config of '{config.name}' matches its graph (max_batch_size {config.max_batch_size})")
+
+
+def _start_ray(address: str) -> Any:
+    """Ray for --ray: 'local' starts one on this machine bound to 127.0.0.1 only; anything else is an address."""
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at import: keeps a local Ray on loopback
+    try:
+        import ray
+    except ImportError:
+        raise OodgateError("--ray needs Ray: pip install 'oodgate[ray]'") from None
+    if address == "local":
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return ray
+
+
+@app.command("extract-features")
+def extract_features_command(
+    model: Annotated[str, typer.Argument(help="Model: a built-in name or 'package.module:factory'.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="ID data spec (as for calibrate).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Shard folder to write.")],
+    shard_size: Annotated[int, typer.Option(help="Rows (images) per shard.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 128,
+    ray_address: Annotated[Optional[str], typer.Option("--ray", help="Extract as Ray tasks: 'local' (this machine, "
+                                                                     "loopback only) or a cluster address "
+                                                                     "('auto').")] = None,
+    cpus_per_task: Annotated[float, typer.Option(help="CPUs per Ray task (fractional allowed).")] = 1.0,
+    weights: Annotated[Optional[Path], typer.Option(help="State-dict weights for the model.")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Attribute path of the final nn.Linear.")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing JSON (or file).")] = None,
+    force: Force = False,
+) -> None:
+    """Write the backbone features of ID images as shards (for fit-shards), in this process or as Ray tasks."""
+    from .calibration.shards import write_feature_shards
+    from .models import load_model
+
+    bundle = load_model(model, weights=weights, preprocess=_parse_preprocess(preprocess), head=head)
+    ray = _start_ray(ray_address) if ray_address else None
+    try:
+        out = write_feature_shards(bundle, data, output, shard_size=shard_size, batch_size=batch_size,
+                                   use_ray=ray is not None, cpus_per_task=cpus_per_task, overwrite=force)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    from .calibration.shards import open_shards
+
+    m = open_shards(out).manifest
+    _echo(f"wrote {len(m['shards'])} shards of {m['rows']} x {m['feature_dim']} features to {out}")
+
+
+@app.command("fit-shards")
+def fit_shards_command(
+    shards: Annotated[Path, typer.Argument(help="Shard folder made by `oodgate extract-features`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (.oodcal).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Detector (feature-based: not AdaSCALE).")] = "energy",
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Detector parameter key=value.")] = None,
+    holdout: Annotated[Optional[str], typer.Option(help="Held-out share of the rows (default 0.2), or a second "
+                                                        "shard folder of held-out ID data.")] = None,
+    tpr: Annotated[float, typer.Option(help="Share of held-out ID data the threshold accepts.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of the fit/holdout split.")] = 0,
+    force: Force = False,
+) -> None:
+    """Fit a detector and its threshold from feature shards, streamed; write a calibration file."""
+    from .calibration.shards import fit_from_shards
+
+    if output.exists() and not force:
+        raise OodgateError(f"{output} exists: choose another path or pass --force")
+    hold: Any = 0.2
+    if holdout is not None:
+        try:
+            hold = float(holdout)
+        except ValueError:
+            hold = Path(holdout)
+    cal = fit_from_shards(shards, method, holdout=hold, tpr=tpr, seed=seed, **_parse_params(param))
+    cal.save(output, overwrite=force)
+    _echo(cal.summary())
+    _echo(f"wrote {output}")
+# -- end Triton and Ray --
 
 
 @app.command()
@@ -389,24 +538,33 @@ def parity(
 def inspect(
     graph: Annotated[Path, typer.Argument(help="ONNX graph to describe.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    trt_check: Annotated[bool, typer.Option("--trt-check", help="Also audit the graph against TensorRT's ONNX "
-                                                                "parser; exit 1 on errors.")] = False,
+    trt_check: Annotated[bool, typer.Option("--trt-check", help="Also check the graph with TensorRT's real ONNX "
+                                                                "parser and an engine build (TensorRT, or TensorRT-RTX "
+                                                                "from oodgate[trt-check], no GPU needed); without one, "
+                                                                "with a static operator table. Exit 1 on errors.")
+                         ] = False,
+    trt_build: Annotated[bool, typer.Option("--trt-build/--no-trt-build", help="With --trt-check: also build an "
+                                                                            "engine (at most 120 s; AdaSCALE's "
+                                                                            "graphs take longer on a CPU).")
+                         ] = True,
 ) -> None:
     """Show what is inside a graph: method, threshold, preprocessing, inputs/outputs, operators."""
     from .runtime.inspect import describe_graph, format_description
 
     desc = describe_graph(graph)
-    findings = None
-    if trt_check:  # -- TensorRT audit (issue 6) --
-        from .runtime.trt_audit import audit_graph, format_findings, has_errors
+    check = None
+    if trt_check:  # -- TensorRT check (issues 6, 17) --
+        from .runtime.trt_audit import check_graph
 
-        findings = audit_graph(graph)
-        desc["trt_check"] = [f.to_dict() for f in findings]
+        check = check_graph(graph, build=trt_build)
+        desc["trt_check"] = check.to_dict()
     _echo(json.dumps(desc, indent=1) if as_json else format_description(desc))
-    if findings is not None:
+    if check is not None:
         if not as_json:
-            _echo(format_findings(findings, graph.name))
-        if has_errors(findings):
+            from .runtime.trt_audit import format_check
+
+            _echo(format_check(check, graph.name))
+        if not check.passed:
             raise typer.Exit(1)
 
 

@@ -31,5 +31,9 @@ class GradientTraceError(OodgateError, RuntimeError):
     """The traced gradient graph disagrees with eager autograd (a bug in a decomposition)."""
 
 
+class TritonConfigError(OodgateError):
+    """A Triton model configuration that does not match its graph, or cannot be parsed."""
+
+
 __all__ = ["ArtifactError", "ExportError", "GradientTraceError", "NotFittedError", "OodgateError", "ProviderError",
-           "UnsupportedLayerError"]
+           "TritonConfigError", "UnsupportedLayerError"]

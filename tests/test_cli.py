@@ -19,7 +19,8 @@ from oodgate.cli import app, main
 COMMAND_OPTIONS = {
     "calibrate": ["--data", "--output", "--method", "--param", "--holdout", "--tpr", "--seed", "--weights", "--head",
                   "--preprocess", "--batch-size", "--force"],
-    "export": ["--output", "--opset", "--check", "--force"],
+    "export": ["--output", "--opset", "--check", "--triton-repo", "--triton-name", "--max-batch-size", "--accelerator",
+               "--force"],
     "run": ["--provider", "--threshold", "--format", "--output", "--batch-size", "--force"],
     "evaluate": ["--id", "--ood", "--provider", "--json", "--batch-size", "--force"],
     "parity": ["--data", "--calibration", "--provider", "--limit", "--atol", "--rtol", "--margin", "--json", "--junit",
@@ -27,6 +28,12 @@ COMMAND_OPTIONS = {
     "inspect": ["--json"],
     "methods": [],
     "demo": ["--out", "--method", "--report", "--force"],
+    # -- serving at scale (issue 18) --
+    "triton-repo": ["--repo", "--name", "--max-batch-size", "--preferred-batch-size", "--max-queue-delay-us",
+                    "--instance-kind", "--instances", "--accelerator", "--trt-cache-dir", "--force"],
+    "triton-check": ["--graph"],
+    "extract-features": ["--data", "--output", "--shard-size", "--batch-size", "--ray", "--cpus-per-task", "--force"],
+    "fit-shards": ["--output", "--method", "--param", "--holdout", "--tpr", "--seed", "--force"],
 }
 SINGLE_PASS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line")
 

@@ -15,17 +15,17 @@ ROOT = Path(__file__).resolve().parents[1] / "oodgate"
 LAYERS = [
     {"errors", "files", "progress", "_version", "_lazy"},
     {"data", "models", "detectors"},
-    {"calibration", "exporter", "runtime", "evaluation"},
+    {"calibration", "exporter", "runtime", "evaluation", "serving"},
     {"cli", "demo", "__main__", "oodgate"},
 ]
 SAME_LAYER = {
     ("files", "errors"), ("progress", "errors"), ("cli", "demo"),
     ("models", "data"), ("detectors", "data"),
     ("exporter", "calibration"), ("exporter", "runtime"), ("exporter", "evaluation"), ("evaluation", "runtime"),
-    ("calibration", "evaluation"),
+    ("calibration", "evaluation"), ("serving", "runtime"),
 }
 #: packages that never import torch (nor onnxscript), directly or through what they import, in any function
-TORCH_FREE_PACKAGES = {"runtime", "evaluation", "data", "errors", "files", "progress", "_version", "_lazy"}
+TORCH_FREE_PACKAGES = {"runtime", "evaluation", "serving", "data", "errors", "files", "progress", "_version", "_lazy"}
 #: modules that import without torch (their module-level imports, followed transitively, never reach it)
 TORCH_FREE_MODULES = {"oodgate.detectors.threshold", "oodgate.detectors.clip", "oodgate.detectors.mos_groups",
                       "oodgate.detectors.registry", "oodgate.calibration.artifact", "oodgate.cli", "oodgate",
