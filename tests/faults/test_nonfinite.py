@@ -193,3 +193,21 @@ def test_d1_parity_against_a_golden_file_of_nan_scores_fails(cli, energy_graph, 
     result = cli("parity", energy_graph, "--golden", golden)
     assert result.exception is None, result.exception
     assert result.code == 1 and result.out.strip().splitlines()[-1] == "FAIL", (result.out, result.err)
+
+
+@pytest.mark.parametrize("side", ["reference", "runtime", "both"])
+def test_d1_nan_is_a_mismatch_in_the_polygraphy_compare_func(side):
+    pytest.importorskip("polygraphy")
+    from polygraphy.comparator.struct import IterationResult
+
+    from oodgate.evaluation.polygraphy_compare import ood_compare_func
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, 4)).astype(np.float32)
+    score = rng.normal(size=6).astype(np.float32) + 5
+    base = {"logits": logits, "score": score, "is_ood": score < 5, "label": logits.argmax(1)}
+    ref, got = ({k: v.copy() for k, v in base.items()} for _ in range(2))
+    for outs in ((ref,) if side == "reference" else (got,) if side == "runtime" else (ref, got)):
+        outs["score"][2] = np.nan
+    verdicts = ood_compare_func(5.0)(IterationResult(ref, runner_name="ref"), IterationResult(got, runner_name="rt"))
+    assert not bool(verdicts["score"])
