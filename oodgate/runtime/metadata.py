@@ -154,6 +154,15 @@ def seal_graph(model: Any, meta: dict[str, Any], base_dir: str | Path | None = N
     return meta
 
 
+def reseal_graph(model: Any, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-seal a graph whose body you edited on purpose (e.g. its doc string), keeping its oodgate metadata."""
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ArtifactError("this graph has no oodgate metadata to re-seal: export it with `oodgate export`")
+    meta = {k: v for k, v in json.loads(props[METADATA_KEY]).items() if k != "graph_sha256"}
+    return seal_graph(model, meta, base_dir)
+
+
 def baked_thresholds(model: Any) -> list[float]:
     """The finite scalar constants that the comparisons deciding is_ood compare with (walking back from is_ood
     through boolean operators only, so that comparisons inside the backbone are never taken for the threshold)."""
@@ -219,8 +228,9 @@ def verify_graph(model: Any, info: GraphInfo, source: str, base_dir: str | Path 
         raise ArtifactError(f"{source}: metadata lists outputs {list(info.outputs)}, the graph has {list(outputs)}: "
                             "re-export the graph")
     logits = _dims(outputs["logits"])
+    # MOS's logits are its C + G group-head logits: there the names may only not outnumber them
     if info.class_names is not None and len(logits) == 2 and isinstance(logits[1], int) and logits[1] > 0 \
-            and len(info.class_names) != logits[1]:
+            and (len(info.class_names) > logits[1] or (info.method != "mos" and len(info.class_names) != logits[1])):
         raise ArtifactError(f"{source}: metadata holds {len(info.class_names)} class names, the graph has "
                             f"{logits[1]} logits: re-export the graph with one name per class")
 
