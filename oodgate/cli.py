@@ -20,6 +20,10 @@ app = typer.Typer(
          "CI-check it. Scores are oriented so that higher = more in-distribution; is_ood = score < threshold.",
 )
 
+#: the built-in models by name, as in oodgate.models' registry (a test keeps the two equal; the CLI does not
+#: import torch to print its help)
+BUILTIN_MODEL_NAMES = ("digits-cnn", "fashion-cnn", "efficientnet-lite0", "fashion-effnet")
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -44,19 +48,32 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def _parse_preprocess(text: str | None) -> Any:
-    if text is None:
-        return None
+def _parse_preprocess(text: str | None, **flags: Any) -> Any:
+    """The preprocessing of --preprocess JSON / --preset and the single-setting flags (None if none given)."""
     from .data.preprocess import Preprocess
 
-    path = Path(text)
-    raw = path.read_text() if path.is_file() else text
-    try:
-        return Preprocess.from_dict(json.loads(raw))
-    except json.JSONDecodeError:
-        raise OodgateError(f"--preprocess: expected JSON (or a JSON file), e.g. "
-                           '\'{"channels": "RGB", "resize": 256, "crop": [224, 224], '
-                           '"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\'') from None
+    base = None
+    if text is not None:
+        path = Path(text)
+        raw = path.read_text() if path.is_file() else text
+        try:
+            base = Preprocess.from_dict(json.loads(raw))
+        except json.JSONDecodeError:
+            raise OodgateError(f"--preprocess: expected JSON (or a JSON file), e.g. "
+                               '\'{"channels": "RGB", "resize": 256, "crop": [224, 224], '
+                               '"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\', '
+                               "or use --preset / --channels --resize --crop --mean --std") from None
+    return Preprocess.from_options(base=base, **flags)
+
+
+def _add_import_paths(pythonpath: list[Path] | None) -> None:
+    """Make 'module:factory' models importable as users expect: --pythonpath folders, then the current folder."""
+    for folder in [*(pythonpath or []), Path.cwd()][::-1]:
+        if not folder.is_dir():
+            raise OodgateError(f"--pythonpath {folder}: no such folder")
+        entry = str(folder.resolve())
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
 
 
 def _parse_class_names(text: str | None) -> list[str] | None:
@@ -103,6 +120,31 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def _require_matplotlib() -> None:
+    """Fail before the work when the report's plots cannot be drawn (matplotlib is the plots extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise OodgateError("--report draws PNG plots with matplotlib, which is not installed: "
+                           "pip install '.[plots]' (from a checkout) or matplotlib, or pass --no-plots")
+
+
+def _load_data(spec: str, skip_unreadable: bool) -> Any:
+    """A data spec as an ImageSet; files skipped as unreadable are listed on stderr."""
+    from .data.sets import load_image_set
+
+    images = load_image_set(spec, skip_unreadable=skip_unreadable)
+    _report_skipped(spec, images.skipped)
+    return images
+
+
+def _report_skipped(what: str, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable image(s) in {what}:", err=True)
+        for path, why in skipped:
+            typer.echo(f"  {path}: {why}", err=True)
+
+
 def _write_text(path: Path | None, text: str, force: bool) -> None:
     if path is None:
         _echo(text)
@@ -122,8 +164,9 @@ Provider = Annotated[str, typer.Option("--provider", "-p", help="Runtime: auto |
 
 @app.command()
 def calibrate(
-    model: Annotated[str, typer.Argument(help="Model: a built-in name (digits-cnn, efficientnet-lite0) or "
-                                              "'package.module:factory' returning a torch.nn.Module.")],
+    model: Annotated[str, typer.Argument(help=f"Model: a built-in name ({', '.join(BUILTIN_MODEL_NAMES)}) or "
+                                              "'module:factory' returning a torch.nn.Module (module found in "
+                                              "the current folder, --pythonpath or PYTHONPATH).")],
     data: Annotated[str, typer.Option("--data", "-d", help="ID data: digits:train, fashion-mnist:train, a folder "
                                                            "(one subfolder per class, or flat), or a .npy/.npz.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (.oodcal).")],
@@ -140,8 +183,29 @@ def calibrate(
                                                          "(loaded with weights_only=True).")] = None,
     head: Annotated[Optional[str], typer.Option(help="Attribute path of the final nn.Linear if not found "
                                                      "automatically (fc, classifier, head, _fc).")] = None,
-    preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing JSON (or JSON file) for models that "
-                                                           "have none recorded.")] = None,
+    # -- preprocessing for own models (issue 15): a preset and/or single settings, or the full JSON --
+    preset: Annotated[Optional[str], typer.Option(help="Preprocessing preset: imagenet-224 (RGB, shorter side 256, "
+                                                       "crop 224, ImageNet mean/std), gray-28 (L, 28x28, [0, 1]), "
+                                                       "cifar-32 (RGB, 32x32, CIFAR-10 mean/std).")] = None,
+    channels: Annotated[Optional[str], typer.Option(help="Input channels: L (grey, 1) or RGB (3).")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize: N (shorter side, keeps the aspect; then give "
+                                                       "--crop) or HxW, e.g. 28x28.")] = None,
+    crop: Annotated[Optional[str], typer.Option(help="Centre crop after the resize: HxW, e.g. 224x224.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean of [0, 1] pixels, e.g. "
+                                                     "0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing as JSON (or a JSON file) with keys "
+                                                           "channels, resize, crop, mean, std, interpolation; the "
+                                                           "flags above override it.")] = None,
+    pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import 'module:factory' from "
+                                                                  "(repeatable; the current folder is always "
+                                                                  "searched).")] = None,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list) image files that cannot be decoded "
+                                                       "instead of stopping at the first.")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Also load a --weights file that pickles a whole model "
+                                                    "(torch.save(model)); unpickling runs its code: only for files "
+                                                    "you trust.")] = False,
+    # -- end preprocessing options --
     batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 128,
     class_names: Annotated[Optional[str], typer.Option(help="The model's class names in output order: "
                                                             "comma-separated, or a .txt (one per line) / .json "
@@ -159,13 +223,18 @@ def calibrate(
     params = _parse_params(param)
     if groups is not None:
         params["groups"] = groups
-    bundle = load_model(model, weights=weights, preprocess=_parse_preprocess(preprocess), head=head)
+    prep = _parse_preprocess(preprocess, preset=preset, channels=channels, resize=resize, crop=crop, mean=mean,
+                             std=std)
+    _add_import_paths(pythonpath)
+    bundle = load_model(model, weights=weights, preprocess=prep, head=head, pythonpath=pythonpath or (),
+                        trust_pickle=trust_pickle)
+    data = _load_data(data, skip_unreadable)
     hold: Any = 0.2
     if holdout is not None:
         try:
             hold = float(holdout)
         except ValueError:
-            hold = holdout
+            hold = _load_data(holdout, skip_unreadable)
     from .data.sets import parse_class_map
 
     names = _parse_class_names(class_names)
@@ -190,6 +259,11 @@ def export(
                                                                     "model without naming it.")] = False,
     recheck_data: Annotated[Optional[str], typer.Option(help="Export with changed weights if the calibrated "
                                                              "threshold still keeps its TPR on this ID data.")] = None,
+    pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import the calibration's "
+                                                                  "'module:factory' from (repeatable; the current "
+                                                                  "folder is always searched).")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="The calibration's weights file pickles a whole model and you "
+                                                    "trust it (unpickling runs its code).")] = False,
     # -- Triton model repository (issue 18) --
     triton_repo: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here "
                                                              "(<DIR>/<name>/config.pbtxt + 1/model.onnx).")] = None,
@@ -205,11 +279,20 @@ def export(
     from .calibration.artifact import load_calibration
     from .exporter.export import export as run_export
 
+    _add_import_paths(pythonpath)
     if triton_repo is not None:  # refuse before the export, not after it
         _triton_target_free(output, triton_repo, triton_name, force)
     cal = load_calibration(calibration)
     _model_trust(cal, model, trust_model)
-    res = run_export(cal, output, opset=opset, overwrite=force, check=check, recheck_data=recheck_data)
+    loaded = None
+    if trust_pickle and cal.model_ref and cal.model_weights:
+        if ":" in cal.model_ref and not cal.trust_model:
+            cal.model()  # refuses, naming the reference and --model / --trust-model
+        from .models.registry import load_model
+
+        loaded = load_model(cal.model_ref, weights=cal.weights_path(), preprocess=cal.preprocess,
+                            trust_pickle=True).model
+    res = run_export(cal, output, model=loaded, opset=opset, overwrite=force, check=check, recheck_data=recheck_data)
     if res.recheck is not None:
         r = res.recheck
         _echo(f"changed weights re-checked on {r['n']} ID images of {r['data']}: {100 * r['accepted']:.1f} % accepted "
@@ -363,17 +446,27 @@ def run(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     provider: Provider = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Override the calibrated threshold.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table | jsonl | csv")] = "table",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table | jsonl | csv (default: from the --output "
+                                                                 "suffix .jsonl/.csv, else table)")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list on stderr) image files that cannot "
+                                                       "be decoded instead of stopping at the first.")] = False,
     force: Force = False,
 ) -> None:
     """Classify images and accept/reject each as in- or out-of-distribution."""
     from .runtime.session import Session
 
-    if fmt not in ("table", "jsonl", "csv"):
-        raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
+    fmt = _run_format(fmt, output)
     files = _expand_inputs(inputs)
+    if skip_unreadable:
+        from .data.sets import readable_images
+
+        ok, skipped = readable_images(files)
+        _report_skipped("the inputs", skipped)
+        if not ok:
+            raise OodgateError(f"none of the {len(files)} inputs is a readable image")
+        files = [Path(f) for f in ok]
     with Session(graph, provider) as sess:
         pred = sess.run([str(f) for f in files], threshold=threshold, batch_size=batch_size)
     records = pred.records([str(f) for f in files])
@@ -389,11 +482,28 @@ def run(
         width = max(len(str(r["input"])) for r in records)
         lines = [f"{'input':<{width}}  {'class':<16} {'score':>10}  decision (tau={pred.threshold:.6g})"]
         for r in records:
-            cls = str(r.get("class", r["label"]))[:16]
+            cls = str(r["label"] if r["class"] is None else r["class"])[:16]
             decision = ("OOD" if r["is_ood"] else "ID") + (" (non-finite input)" if r.get("nonfinite_input") else "")
             lines.append(f"{r['input']:<{width}}  {cls:<16} {r['score']:>10.4f}  {decision}")
         text = "\n".join(lines)
     _write_text(output, text, force)
+
+
+#: output suffixes that choose `oodgate run`'s format when --format is not given
+RUN_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}
+
+
+def _run_format(fmt: str | None, output: Path | None) -> str:
+    """The format of `oodgate run`: --format if given (it must agree with a .jsonl/.csv suffix), else the suffix."""
+    if fmt is not None and fmt not in ("table", "jsonl", "csv"):
+        raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
+    by_suffix = RUN_SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
+    if fmt is None:
+        return by_suffix or "table"
+    if by_suffix is not None and by_suffix != fmt:
+        raise OodgateError(f"--format {fmt} does not match the output suffix {output.suffix!r} ({by_suffix}): "
+                           f"drop --format or name the file for it")
+    return fmt
 
 
 def _parse_named(items: list[str]) -> dict[str, str]:
@@ -426,6 +536,8 @@ def evaluate(
     # -- end report options --
     class_map: Annotated[Optional[str], typer.Option(help="Map class folders of --id onto the graph's classes: "
                                                           "FOLDER=CLASS,... (CLASS a name or index) or JSON.")] = None,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list) image files that cannot be decoded "
+                                                       "instead of stopping at the first.")] = False,
     force: Force = False,
 ) -> None:
     """Score an ID set and OOD sets with the graph; print AUROC / FPR95 (both conventions) / AUPR and what other
@@ -441,8 +553,10 @@ def evaluate(
         raise OodgateError(f"--tpr-grid {tpr_grid!r}: give comma-separated shares, e.g. 0.9,0.95,0.99") from None
     if report is not None and (report / "metrics.json").exists() and not force:
         raise OodgateError(f"{report} already holds a report: choose another folder or pass --force")
-    id_set = load_image_set(id_data)
-    oods = {name: load_image_set(spec) for name, spec in _parse_named(ood).items()}
+    if report is not None and plots:
+        _require_matplotlib()
+    id_set = _load_data(id_data, skip_unreadable)
+    oods = {name: _load_data(spec, skip_unreadable) for name, spec in _parse_named(ood).items()}
     with Session(graph, provider) as sess:
         ev = evaluate_session(sess, id_set, oods, batch_size=batch_size, class_map=parse_class_map(class_map))
     _echo(metrics_table([ev]))
@@ -488,9 +602,12 @@ def parity(
                                                       "let it be imported (it is code).")] = None,
     trust_model: Annotated[bool, typer.Option("--trust-model", help="Import the calibration's 'module:factory' "
                                                                     "model without naming it.")] = False,
+    pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import the calibration's "
+                                                                  "'module:factory' from (repeatable).")] = None,
     force: Force = False,
 ) -> None:
     """Compare the graph under each runtime with the PyTorch reference (or a golden file); exit 1 on failure."""
+    _add_import_paths(pythonpath)
     from .evaluation.parity import check_tolerances
 
     if limit < 1:
@@ -582,18 +699,26 @@ def methods() -> None:
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the calibration files and graphs.")] = Path(
         "oodgate-demo"),
-    method: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Only these methods "
-                                                        "(repeatable).")] = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Only these rows (repeatable): msp, "
+                                                        "energy, react, dice, dice_p90, line, mos, mos_g2, "
+                                                        "adascale_a, "
+                                                        "or any detector of `oodgate methods`.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write the Markdown report here.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite files from an earlier demo.")] = False,
 ) -> None:
-    """The embedded default end to end: calibrate detectors on digits, export, run with ONNX Runtime, report."""
-    from .demo import demo_report, run_demo
+    """An OOD gate on a pretrained backbone: EfficientNet-Lite0 + a Fashion-MNIST head, calibrated, exported, run
+    with ONNX Runtime against offline OOD sets; prints the metrics and the parity verdict."""
+    from .demo import demo_report, run_demo, summary_table
 
+    if report is not None and report.exists() and not force:
+        raise OodgateError(f"{report} exists: choose another path or pass --force")
     result = run_demo(out, method, overwrite=force)
-    text = demo_report(result)
+    command = " ".join(["oodgate demo", *(f"--method {m}" for m in method or ()),
+                        *([f"--report {report}"] if report else [])])
+    text = demo_report(result, command)
     _echo("")
     _echo(text)
+    _echo("\nSummary (README's table):\n\n" + summary_table(result.evaluations))
     _echo(f"\ndemo finished in {result.seconds:.0f} s; graphs in {out}/")
     if report:
         _write_text(report, text + "\n", force)

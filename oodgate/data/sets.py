@@ -17,7 +17,7 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class ImageSet:
     #: "folders" when labels are the sorted index of class subfolder names (image_folder), which says nothing about
     #: a model's class order until mapped with `for_classes`; None for sets whose labels are the data set's own
     labels_from: str | None = None
+    #: files left out because they could not be read, as (path, reason) (``skip_unreadable=True``)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.images, np.ndarray):
@@ -141,6 +143,7 @@ class ImageSet:
             labels=labels,
             class_names=None if self.class_names is None else list(self.class_names),
             labels_from=self.labels_from,
+            skipped=list(self.skipped),
         )
 
     def for_classes(self, class_names: Sequence[str] | None, class_map: dict[str, Any] | None = None) -> ImageSet:
@@ -199,7 +202,8 @@ class ImageSet:
                                    "present folders explicitly (class_map / --class-map FOLDER=CLASS)")
         lookup = np.asarray(index, dtype=np.int64)
         names = model if model is not None else [str(i) for i in range(int(lookup.max()) + 1)]
-        return ImageSet(self.name, self.images, lookup[self.labels], list(names), labels_from=None)
+        return ImageSet(self.name, self.images, lookup[self.labels], list(names), labels_from=None,
+                        skipped=list(self.skipped))
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
         """Seeded disjoint split; the first part holds round(fraction * N) images, both keep their order."""
@@ -616,15 +620,45 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
+def readable_images(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Decode every file; return (the readable paths, [(path, reason)] for those that are not)."""
+    ok, skipped = [], []
+    for p in paths:
+        try:
+            read_image(p)
+        except OodgateError as err:
+            skipped.append((str(p), str(err).split(": ", 1)[-1].split(" (to skip", 1)[0]))
+        else:
+            ok.append(str(p))
+    return ok, skipped
+
+
+def _without_unreadable(found: ImageSet) -> ImageSet:
+    """The set without the files that cannot be decoded; they are listed in ``.skipped``."""
+    ok, skipped = readable_images(found.images)
+    if not ok:
+        raise OodgateError(f"no readable image in {found.name}: all {len(skipped)} files failed "
+                           f"(first: {skipped[0][0]}: {skipped[0][1]})")
+    keep = set(ok)
+    index = [i for i, p in enumerate(found.images) if p in keep]
+    out = found.subset(index)
+    out.skipped = skipped
+    return out
+
+
 def image_folder(path: str | os.PathLike, class_names: Sequence[str] | None = None,
-                 class_map: dict[str, Any] | None = None) -> ImageSet:
+                 class_map: dict[str, Any] | None = None, *, skip_unreadable: bool = False) -> ImageSet:
     """Images in a folder: one subfolder per class, or flat (no labels).
 
     Class subfolders are searched recursively; hidden files and folders are skipped; paths are sorted. Labels are
     the model's class indices when ``class_names`` (the model's, in output order) or ``class_map`` (folder ->
     class name or index) is given (see `ImageSet.for_classes`); otherwise the index of the sorted folder names.
+    A corrupt or unreadable file is an error when it is read, unless ``skip_unreadable``: then every file is
+    decoded up front and those that fail are left out and listed in the set's ``skipped``.
     """
     found = _image_folder(path)
+    if skip_unreadable:
+        found = _without_unreadable(found)
     return found.for_classes(class_names, class_map) if (class_names is not None or class_map) else found
 
 
@@ -758,6 +792,8 @@ def load_image_set(spec: str, **kw: Any) -> ImageSet:
         raise OodgateError(f"image set spec must be a string, got {type(spec).__name__}")
     text = os.fspath(spec)
     path = Path(text)
+    if not path.is_dir():
+        kw.pop("skip_unreadable", None)  # only folders hold files that can be corrupt
     names = ", ".join(ood_set_names())
     loader: Callable[..., ImageSet]
     args: tuple[Any, ...]
