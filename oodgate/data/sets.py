@@ -161,8 +161,9 @@ class ImageSet:
                                    "use a folder with one subfolder per class")
             return self
         model = None if class_names is None else [str(c) for c in class_names]
-        if class_map is None and model == self.class_names:
-            return self
+        if class_map is None and model == self.class_names:  # same names, same order: the labels are the model's
+            return ImageSet(self.name, self.images, self.labels, list(self.class_names), labels_from=None,
+                            skipped=list(self.skipped))
         mapping = {str(k): v for k, v in (class_map or {}).items()}
         unused = sorted(set(mapping) - set(self.class_names))
         if unused:

@@ -220,3 +220,10 @@ def test_d2_cli_class_names_are_stored_in_calibration_and_graph(cli, digits_test
 def test_bad_class_names_on_the_cli(cli, tmp_path, names, match):
     expect_error(cli("calibrate", "digits-cnn", "--data", "digits:calib", "--output", tmp_path / "c.oodcal",
                      "--class-names", names), match)
+
+
+def test_folders_named_exactly_as_the_model_classes_count_as_matched(digit_folder):
+    from oodgate.data import image_folder
+
+    found = image_folder(digit_folder, class_names=DIGIT_NAMES)
+    assert found.labels_from is None and found.class_names == DIGIT_NAMES
