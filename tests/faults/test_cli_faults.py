@@ -93,7 +93,7 @@ PREP = '{"channels": "L", "resize": 16, "crop": [16, 16], "mean": [0.5], "std": 
 
 
 @pytest.mark.parametrize("attr,fragment", [("raises", "out of memory"), ("not_a_module", "int"),
-                                           ("needs_args", "width"), ("value", "not callable"),
+                                           ("needs_args", "width"), ("value", "value"),
                                            ("nosuch", "nosuch")])
 def test_d8_model_factory_faults(cli, out, factory_module, attr, fragment):
     expect_error(cli("calibrate", f"{factory_module}:{attr}", "--data", "digits:calib", "--output", out / "c.oodcal",
