@@ -21,7 +21,11 @@ from .graph import build_graph_module
 def reference_outputs(calibration: Calibration, inputs: np.ndarray, *, model: Any = None, device: str = "cpu",
                       batch_size: int = 32) -> dict[str, np.ndarray]:
     """The PyTorch reference (the exported module itself, eager) on preprocessed inputs."""
-    split = split_classifier(model, head=calibration.model_head) if model is not None else calibration.model()
+    if model is not None:
+        split = split_classifier(model, head=calibration.model_head)
+        calibration.check_model(split)
+    else:
+        split = calibration.model()
     module = build_graph_module(calibration, split).to(device)
     outs = []
     for i in range(0, len(inputs), batch_size):
@@ -45,13 +49,13 @@ def parity(graph: str | Path, inputs: np.ndarray | None, *, calibration: Calibra
            golden: str | Path | None = None, providers: list[str] | None = None, atol: float = 1e-4,
            rtol: float = 1e-4, margin: float | None = None, batch_size: int = 32, model: Any = None,
            ood_inputs: np.ndarray | None = None, metric_tol: float = 0.005,
-           reference_device: str | None = None) -> ParityReport:
+           reference_device: str | None = None, allow_skip: bool = False) -> ParityReport:
     """Compare each runtime's outputs of ``graph`` with the PyTorch reference (``calibration``) or a golden file.
 
     See ``oodgate.evaluation.parity.parity`` for the criteria; this computes the reference outputs first.
     """
     common = dict(providers=providers, atol=atol, rtol=rtol, margin=margin, batch_size=batch_size,
-                  metric_tol=metric_tol)
+                  metric_tol=metric_tol, allow_skip=allow_skip)
     if golden is not None:
         return compare_with_reference(graph, golden=golden, **common)
     if calibration is None:
