@@ -13,6 +13,14 @@ core ATen ops. The backward ops that the ONNX exporter does not translate are de
 - ``empty_permuted`` -> ``empty`` (ATen's C++ ``scalar - tensor``, e.g. inside SiLU/Mish backward, creates it;
   the exporter has no translation for it); ``rsub.Scalar`` -> neg + add.
 
+- ``roll`` -> two slices and a concat per axis (Swin's cyclic shift; PyTorch's own gathers with fmod indices).
+
+While tracing, two ``torch.nn.functional`` entries are their plain formulas (``_plain_functional``):
+``scaled_dot_product_attention`` (matmul-softmax-matmul: the fused kernels' backward ops have no ONNX
+translation) and ``linear`` (ATen's C++ linear folds (N, L, D) inputs with the example's concrete batch size).
+After tracing, memory-layout-only ops (``as_strided`` restrides, ``new_empty_strided``, ``lift_fresh_copy``)
+become reshapes / empties / clones and dead code is dropped (``_drop_layout_ops``).
+
 ReLU / ReLU6 / eval-mode BatchNorm backward come out of ``core_aten_decompositions`` as Where / Mul ops.
 Every op of the traced graph is checked against ``ALLOWED_OPS`` (ops the exporter translates), so an
 unsupported layer fails at trace time with a message naming the op and the layer.
@@ -22,6 +30,7 @@ unsupported layer fails at trace time with a message naming the op and the layer
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -405,6 +414,97 @@ def _empty_permuted(size: Sequence[int], physical_layout: Sequence[int], *, dtyp
     return aten.empty.memory_format(size, dtype=dtype, device=device)
 
 
+def _roll(x: torch.Tensor, shifts: Sequence[int] | int, dims: Sequence[int] | int = ()) -> torch.Tensor:
+    """torch.roll as a concatenation of two slices per axis (PyTorch's own decomposition gathers with fmod
+    indices; Swin's cyclic window shift becomes two Slice + Concat here, which every runtime has)."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims:  # roll of the flattened tensor
+        return aten.reshape.default(_roll(aten.reshape.default(x, [-1]), shifts, [0]), list(x.shape))
+    for shift, dim in zip(shifts, dims):
+        size = int(x.shape[dim])
+        shift = int(shift) % size if size else 0
+        if shift:
+            x = aten.cat.default([aten.slice.Tensor(x, dim, size - shift, size),
+                                  aten.slice.Tensor(x, dim, 0, size - shift)], dim)
+    return x
+
+
+def _sdpa_math(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               enable_gqa: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention in eval mode as matmul, softmax, matmul (whose backward is plain ops).
+
+    The fused kernels' backward ops (flash / efficient attention) have no ONNX translation, and their
+    forward decompositions test for fully masked rows with ``any``; this is the textbook formula instead.
+    """
+    if dropout_p:
+        raise UnsupportedLayerError(
+            f"scaled_dot_product_attention with dropout_p={dropout_p} in the gradient branch: the model must be "
+            "in eval mode (dropout off)")
+    d = int(query.shape[-1])
+    factor = float(scale) if scale is not None else 1.0 / math.sqrt(d)
+    if enable_gqa and int(key.shape[-3]) != int(query.shape[-3]):
+        repeat = int(query.shape[-3]) // int(key.shape[-3])
+        key = key.repeat_interleave(repeat, dim=-3)
+        value = value.repeat_interleave(repeat, dim=-3)
+    scores = torch.matmul(query * factor, key.transpose(-2, -1))
+    length, source = int(query.shape[-2]), int(key.shape[-2])
+    if is_causal:
+        keep = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+
+def _linear_plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear as a 2-D matmul of the flattened leading axes, reshaped back.
+
+    ATen's C++ linear folds a contiguous (N, L, D) input to (N*L, D) with concrete sizes: traced through
+    torch.func.grad with a symbolic batch axis (torch 2.13) that bakes the example's batch size into the
+    graph (a reshape to [2*L, D]), which then fails at any other batch size. Here the fold is symbolic.
+    """
+    if x.dim() == 2:
+        y = torch.mm(x, weight.t())
+        return y if bias is None else y + bias
+    lead = x.shape[:-1]
+    y = torch.mm(x.reshape(-1, x.shape[-1]), weight.t())
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, weight.shape[0])
+
+
+#: torch.nn.functional entries replaced by plain formulas while tracing (looked up at call time by
+#: nn.Linear, nn.MultiheadAttention, torchvision's ViT / Swin and timm's layers)
+_PLAIN_FUNCTIONAL: dict[str, Callable[..., Any]] = {
+    "scaled_dot_product_attention": _sdpa_math,
+    "linear": _linear_plain,
+}
+
+
+@contextlib.contextmanager
+def _plain_functional() -> Iterator[None]:
+    """While tracing, the torch.nn.functional ops of _PLAIN_FUNCTIONAL are their textbook formulas.
+
+    Patched at the Python level: the fused attention kernels are chosen, and linear's batch size leaks,
+    below autograd, where a decomposition table cannot reach them.
+    """
+    import torch.nn.functional as functional
+
+    originals = {name: getattr(functional, name) for name in _PLAIN_FUNCTIONAL}
+    for name, plain in _PLAIN_FUNCTIONAL.items():
+        setattr(functional, name, plain)
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(functional, name, original)
+
+
 def gradient_decompositions() -> dict[OpOverload, Callable[..., Any]]:
     """Decomposition table for tracing: core ATen plus the decompositions of this module."""
     table: dict[OpOverload, Callable[..., Any]] = dict(core_aten_decompositions())
@@ -415,7 +515,83 @@ def gradient_decompositions() -> dict[OpOverload, Callable[..., Any]]:
     table[aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
     table[aten.rsub.Scalar] = _rsub_scalar
     table[aten.empty_permuted.default] = _empty_permuted
+    table[aten.roll.default] = _roll
     return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cleaning a traced graph: memory-layout ops that ONNX does not have
+# ---------------------------------------------------------------------------------------------------------
+def _same(a: Any, b: Any) -> bool:
+    """Two (possibly symbolic) sizes or strides are the same expression."""
+    return str(a) == str(b)
+
+
+def _contiguous_strides(shape: Sequence[Any]) -> list[Any]:
+    strides, step = [], 1
+    for size in reversed(list(shape)):
+        strides.append(step)
+        step = step * size
+    return list(reversed(strides))
+
+
+def _restride_kind(node: torch.fx.Node) -> str | None:
+    """'same' when as_strided(t, size, stride, offset) only relabels t's memory layout (same logical values),
+    'reshape' when it reads a contiguous t in row-major order (a reshape), else None (a real strided view)."""
+    source, out = node.args[0], node.meta.get("val")
+    inp = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    if not isinstance(inp, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    offset = node.args[3] if len(node.args) > 3 else node.kwargs.get("storage_offset", 0)
+    if offset not in (None, 0) or not _same(inp.storage_offset(), 0):
+        return None
+    if len(out.shape) == len(inp.shape) and all(_same(a, b) for a, b in zip(out.shape, inp.shape)) and all(
+            _same(sa, sb) for n, sa, sb in zip(out.shape, out.stride(), inp.stride()) if not _same(n, 1)):
+        return "same"
+    if all(_same(a, b) for a, b in zip(inp.stride(), _contiguous_strides(inp.shape))) and all(
+            _same(n, 1) or _same(a, b) for n, a, b in zip(out.shape, out.stride(), _contiguous_strides(out.shape))):
+        return "reshape"
+    return None
+
+
+def _drop_layout_ops(graph_module: torch.fx.GraphModule) -> None:
+    """Remove what only concerns memory layout (no such thing in ONNX), in place:
+
+    - ``as_strided`` / ``as_strided_`` that restore a layout (the decomposition of AdaptiveAvgPool2d on a
+      channels-last tensor, as in ConvNeXt and Swin, ends with one) or read a contiguous tensor in order
+      (backward of views): the tensor itself or a reshape;
+    - ``new_empty_strided`` -> ``empty`` (its strides are only a layout); ``lift_fresh_copy`` (a tensor
+      constant made in forward, e.g. Swin's attention mask) -> ``clone``;
+    - dead code (e.g. ``aten.size`` of a constant whose result is unused).
+    """
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in (aten.as_strided.default, aten.as_strided_.default):
+            kind = _restride_kind(node)
+            if kind == "same":
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+            elif kind == "reshape":
+                with graph.inserting_before(node):
+                    new = graph.call_function(aten.reshape.default, (node.args[0], node.args[1]))
+                new.meta = dict(node.meta)
+                node.replace_all_uses_with(new)
+                graph.erase_node(node)
+        elif node.target is aten.lift_fresh_copy.default:  # not reached by the decomposition table
+            node.target = aten.clone.default
+        elif node.target is aten.new_empty_strided.default:
+            val = node.meta.get("val")
+            with graph.inserting_before(node):
+                new = graph.call_function(aten.empty.memory_format, (node.args[1],),
+                                          {"dtype": val.dtype if val is not None else None,
+                                           "device": val.device if val is not None else None})
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph_module.recompile()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -477,7 +653,10 @@ def _local_trace(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
 
     inputs = tuple(flat[i].detach() for i in positions)
     grad = torch.func.grad(local, argnums=tuple(range(len(inputs))))
-    return make_fx(grad, decomposition_table=gradient_decompositions())(*inputs)
+    with _plain_functional():
+        graph = make_fx(grad, decomposition_table=gradient_decompositions())(*inputs)
+    _drop_layout_ops(graph)
+    return graph
 
 
 def _innermost_culprit(model: nn.Module, example: torch.Tensor,
@@ -558,8 +737,10 @@ def _trace(model: nn.Module, state: Mapping[str, torch.Tensor], example: torch.T
         symbolic_context=StatelessSymbolicContext(
             dynamic_sizes=[DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * (example.dim() - 1)),
     )
-    graph = make_fx(logits_and_gradient, decomposition_table=gradient_decompositions(),
-                    tracing_mode="symbolic")(*fake_state, fake_x)
+    with _plain_functional():
+        graph = make_fx(logits_and_gradient, decomposition_table=gradient_decompositions(),
+                        tracing_mode="symbolic")(*fake_state, fake_x)
+    _drop_layout_ops(graph)
     batch = fake_x.shape[0].node.expr
     assert fake_mode.shape_env is not None
     if isinstance(fake_mode.shape_env.replacements.get(batch), sympy.Integer):
