@@ -215,9 +215,10 @@ def ood_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def _final_linear(model: nn.Module) -> nn.Linear:
+    """The model's own final nn.Linear (not the split's copy)."""
     from oodgate.models import split_classifier
 
-    return split_classifier(model).head
+    return model.get_submodule(split_classifier(model).head_path)
 
 
 @torch.no_grad()
