@@ -63,10 +63,10 @@ def main() -> int:
     import oodgate
     from oodgate.data.sets import fashion_mnist, fashion_mnist_available, ood_set
     from oodgate.detectors import available_detectors
-    from oodgate.evaluation import evaluate_session, metrics_table
+    from oodgate.evaluation.evaluate import evaluate_session, metrics_table
     from oodgate.models import load_model, read_card
     from oodgate.models.fashion_cnn import CARD
-    from oodgate.report import write_report
+    from oodgate.evaluation.report import write_report
     from oodgate.runtime import Session
 
     if not fashion_mnist_available():
@@ -153,7 +153,7 @@ def accuracy_markdown(evaluations: list, seconds: dict[str, float], skipped: dic
         "## Setup",
         "",
         f"- **Classifier**: the built-in `fashion-cnn` (`oodgate/models/fashion_cnn.py`, SmallCNN width "
-        f"{card['width']}, 28x28 grayscale), trained by `python -m oodgate.models.train fashion` on the first "
+        f"{card['width']}, 28x28 grayscale), trained by `python -m oodgate.models.training fashion` on the first "
         f"{seen} Fashion-MNIST train images ({card['epochs']} epochs, {card['train_seconds']:.0f} s on CPU); test "
         f"accuracy {100 * card['test_accuracy']:.2f} % on all 10 000 test images.",
         f"- **Fit**: each detector's statistics on train images [{seen}, {seen + args.fit}) and its threshold τ "

@@ -44,9 +44,9 @@ def gradient_graph_path(bm) -> Path:  # noqa: ANN001
     """oodgate's traced (logits, input gradient of the predicted logit) graph of the classifier, cached."""
     import torch
 
-    from oodgate.exporter.gradient import export_gradient_onnx, trace_logits_and_input_gradient
+    from oodgate.detectors.gradient import export_gradient_onnx, trace_logits_and_input_gradient
 
-    key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/exporter/gradient.py"]), _versions_key())
+    key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/detectors/gradient.py"]), _versions_key())
     example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(0))
 
     def write(tmp: Path) -> None:

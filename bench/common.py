@@ -43,7 +43,7 @@ SETUP_VERSION = 1
 CALIBRATION_SOURCES = ("oodgate/detectors/base.py", "oodgate/detectors/ops.py", "oodgate/calibration/__init__.py",
                        "oodgate/calibration/features.py", "oodgate/calibration/threshold.py", "oodgate/models",
                        "oodgate/data/preprocess.py", "bench/resnet.py")
-GRAPH_SOURCES = ("oodgate/detectors/base.py", "oodgate/detectors/ops.py", "oodgate/exporter/__init__.py",
+GRAPH_SOURCES = ("oodgate/detectors/base.py", "oodgate/detectors/ops.py", "oodgate/exporter/export.py",
                  "oodgate/exporter/graph.py", "oodgate/models/split.py")
 #: each method's own source files
 METHOD_SOURCES = {
@@ -515,15 +515,17 @@ def graph_path(bm: BenchModel, method: str) -> Path:
 
 def bare_graph_path(bm: BenchModel) -> Path:
     """The bare classifier (backbone + its Linear, logits only) exported exactly as oodgate exports its graphs:
-    ``oodgate.exporter._quiet_export`` (torch.onnx dynamo, opset 18, dynamic batch, optimize=True)."""
+    ``oodgate.exporter.export_onnx`` (torch.onnx dynamo, opset 18, dynamic batch, optimize=True)."""
     import torch
 
-    from oodgate.exporter import _quiet_export
+    from oodgate.exporter import export_onnx
+    from oodgate.runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 
-    key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/exporter/__init__.py"]), _versions_key())
+    key = key_of(model_digest(bm), bm.input_shape, source_hash(["oodgate/exporter/onnx_export.py"]), _versions_key())
     example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(1234))
     return cached_file(CACHE / "graphs" / bm.name / f"bare-{key}.onnx", f"export {bm.name} bare classifier",
-                       lambda tmp: _quiet_export(bm.split.eval(), example, 18).save(str(tmp)))
+                       lambda tmp: export_onnx(bm.split.eval(), example, opset=18, input_names=[INPUT_NAME],
+                                               output_names=list(OUTPUT_NAMES)).save(str(tmp)))
 
 
 def ort_cpu(path: Path | str, threads: int) -> Any:

@@ -2,36 +2,28 @@
 
 Every score is oriented so that higher = more in-distribution (ID).
 
-Heavy parts are imported lazily: ``import oodgate.runtime`` (serving) never imports torch.
+Names are imported on first use: ``import oodgate`` or ``oodgate.Session`` (serving) never import torch.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
+from ._lazy import lazy_exports
 from ._version import __version__
 from .errors import ArtifactError, NotFittedError, OodgateError
 
-_LAZY = {
-    "detector": "oodgate.detectors",
-    "available_detectors": "oodgate.detectors",
-    "calibrate": "oodgate.calibration",
-    "Calibration": "oodgate.calibration",
-    "load_calibration": "oodgate.calibration",
-    "fit_threshold": "oodgate.calibration",
-    "split_classifier": "oodgate.models",
-    "load_model": "oodgate.models",
-    "export": "oodgate.exporter",
-    "Session": "oodgate.runtime",
-    "metrics": "oodgate.metrics",
+_EXPORTS = {
+    "detector": ".detectors.registry", "available_detectors": ".detectors.registry",
+    "fit_threshold": ".detectors.threshold",
+    "calibrate": ".calibration.calibrate",
+    "Calibration": ".calibration.artifact", "load_calibration": ".calibration.artifact",
+    "split_classifier": ".models.split", "load_model": ".models.registry",
+    "export": ".exporter.export", "export_onnx": ".exporter.onnx_export",
+    "Session": ".runtime.session",
+    "metrics": ".evaluation.metrics",
+    "data": ".data", "detectors": ".detectors", "models": ".models", "calibration": ".calibration",
+    "exporter": ".exporter", "runtime": ".runtime", "evaluation": ".evaluation",
 }
+lazy_exports(__name__, _EXPORTS, modules=("metrics", "data", "detectors", "models", "calibration", "exporter",
+                                          "runtime", "evaluation"))
 
-__all__ = ["__version__", "ArtifactError", "NotFittedError", "OodgateError", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = import_module(_LAZY[name])
-        return module if name == "metrics" else getattr(module, name)
-    raise AttributeError(f"module 'oodgate' has no attribute {name!r}")
+__all__ = ["__version__", "ArtifactError", "NotFittedError", "OodgateError", *_EXPORTS]

@@ -116,8 +116,8 @@ def calibrate(
     force: Force = False,
 ) -> None:
     """Fit a detector on ID data and its threshold on held-out ID data; write a calibration file."""
-    from .calibration import calibrate as run_calibrate
-    from .models import load_model
+    from .calibration.calibrate import calibrate as run_calibrate
+    from .models.registry import load_model
 
     if output.exists() and not force:
         raise OodgateError(f"{output} exists: choose another path or pass --force")
@@ -147,8 +147,8 @@ def export(
     force: Force = False,
 ) -> None:
     """Export backbone + detector head + threshold as one ONNX graph, checked against PyTorch."""
-    from .calibration import load_calibration
-    from .exporter import export as run_export
+    from .calibration.artifact import load_calibration
+    from .exporter.export import export as run_export
 
     res = run_export(load_calibration(calibration), output, opset=opset, overwrite=force, check=check)
     diff = "" if res.max_score_diff is None else f", ORT vs PyTorch max |score diff| {res.max_score_diff:.2g}"
@@ -168,12 +168,12 @@ def run(
     force: Force = False,
 ) -> None:
     """Classify images and accept/reject each as in- or out-of-distribution."""
-    from .runtime.providers import open_session  # provider specs such as trt-native:fp16 (issue 6)
+    from .runtime.session import Session
 
     if fmt not in ("table", "jsonl", "csv"):
         raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
     files = _expand_inputs(inputs)
-    with open_session(graph, provider) as sess:
+    with Session(graph, provider) as sess:
         pred = sess.run([str(f) for f in files], threshold=threshold, batch_size=batch_size)
     records = pred.records([str(f) for f in files])
     if fmt == "jsonl":
@@ -227,9 +227,9 @@ def evaluate(
     """Score an ID set and OOD sets with the graph; print AUROC / FPR95 (both conventions) / AUPR and what other
     thresholds would reject/accept; optionally write a report folder with plots."""
     from .data.sets import load_image_set
-    from .evaluation import evaluate_session, metrics_table
-    from .report import threshold_options, threshold_table, write_report
-    from .runtime.providers import open_session
+    from .evaluation.evaluate import evaluate_session, metrics_table
+    from .evaluation.report import threshold_options, threshold_table, write_report
+    from .runtime.session import Session
 
     try:
         tprs = [float(t) for t in tpr_grid.split(",") if t.strip()]
@@ -239,7 +239,7 @@ def evaluate(
         raise OodgateError(f"{report} already holds a report: choose another folder or pass --force")
     id_set = load_image_set(id_data)
     oods = {name: load_image_set(spec) for name, spec in _parse_named(ood).items()}
-    with open_session(graph, provider) as sess:
+    with Session(graph, provider) as sess:
         ev = evaluate_session(sess, id_set, oods, batch_size=batch_size)
     _echo(metrics_table([ev]))
     d = ev.to_dict()
@@ -281,21 +281,25 @@ def parity(
     force: Force = False,
 ) -> None:
     """Compare the graph under each runtime with the PyTorch reference (or a golden file); exit 1 on failure."""
-    from .exporter.parity import parity as run_parity
-    from .exporter.parity import reference_outputs, save_golden as write_golden
+    tolerances = dict(providers=provider or ["cpu"], atol=atol, rtol=rtol, margin=margin, metric_tol=metric_tol)
+    if golden is not None:
+        from .evaluation.parity import parity as golden_parity  # golden files: no torch needed
 
-    cal = None
-    inputs = ood_inputs = None
-    if golden is None:
+        report = golden_parity(graph, golden=golden, **tolerances)
+    else:
         if calibration is None or data is None:
             raise OodgateError("parity needs --calibration and --data (or --golden FILE)")
-        from .calibration import load_calibration
+        from .calibration.artifact import load_calibration
         from .data.sets import load_image_set
+        from .evaluation.parity import save_golden as write_golden
+        from .exporter.reference import parity as pytorch_parity
+        from .exporter.reference import reference_outputs
 
         cal = load_calibration(calibration)
         images = load_image_set(data)
         images = images.subset(list(range(min(limit, len(images)))))
         inputs = cal.preprocess(images.images)
+        ood_inputs = None
         if ood is not None:
             ood_set = load_image_set(ood)
             ood_inputs = cal.preprocess(ood_set.subset(list(range(min(limit, len(ood_set))))).images)
@@ -303,8 +307,7 @@ def parity(
             ref = reference_outputs(cal, inputs)
             write_golden(save_golden, inputs, ref, graph_hash=cal.checksum(), overwrite=force)
             _echo(f"wrote {save_golden}")
-    report = run_parity(graph, inputs, calibration=cal, golden=golden, providers=provider or ["cpu"], atol=atol,
-                        rtol=rtol, margin=margin, ood_inputs=ood_inputs, metric_tol=metric_tol)
+        report = pytorch_parity(graph, inputs, calibration=cal, ood_inputs=ood_inputs, **tolerances)
     _echo(report.table())
     if json_out:
         report.write_json(json_out, overwrite=force)
@@ -342,13 +345,11 @@ def inspect(
 @app.command()
 def methods() -> None:
     """List the detectors and their default parameters."""
-    from .detectors import available_detectors, detector_class
+    from .detectors.registry import describe_detectors  # no torch needed
 
-    for name in available_detectors():
-        cls = detector_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        params = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items()) or "—"
-        _echo(f"{name:<12} {params:<40} {doc}")
+    for name, summary, defaults in describe_detectors():
+        params = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "—"
+        _echo(f"{name:<12} {params:<40} {summary}")
 
 
 @app.command()
@@ -358,7 +359,7 @@ def demo(
     method: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Only these methods "
                                                         "(repeatable).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write the Markdown report here.")] = None,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite files from an earlier demo.")] = True,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite files from an earlier demo.")] = False,
 ) -> None:
     """The embedded default end to end: calibrate detectors on digits, export, run with ONNX Runtime, report."""
     from .demo import demo_report, run_demo
@@ -369,7 +370,7 @@ def demo(
     _echo(text)
     _echo(f"\ndemo finished in {result.seconds:.0f} s; graphs in {out}/")
     if report:
-        _write_text(report, text + "\n", True)
+        _write_text(report, text + "\n", force)
     if not result.parity_passed:
         raise typer.Exit(1)
 

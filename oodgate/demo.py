@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.sets import ImageSet, available_ood_sets, digits, ood_set
-from .evaluation import Evaluation, evaluate_session, metrics_table
+from .evaluation.evaluate import Evaluation, evaluate_session, metrics_table
 
 #: single-pass detectors shown by default (MOS and AdaSCALE are added when present)
 DEMO_METHODS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line")
@@ -43,12 +43,13 @@ def demo_ood_sets(n: int = 300, seed: int = 0) -> dict[str, ImageSet]:
 def run_demo(out_dir: str | Path, methods: list[str] | None = None, *, n_ood: int = 300, overwrite: bool = False,
              log: Callable[[str], None] = print, progress: bool | None = None) -> DemoResult:
     """Calibrate each method on digits (fit: 'train', threshold: 'calib'), export, evaluate on 'test' vs OOD."""
-    from . import calibrate
-    from .detectors import available_detectors
-    from .exporter import export
-    from .exporter.parity import parity
-    from .models import load_model, split_classifier
-    from .runtime import Session
+    from .calibration.calibrate import calibrate
+    from .detectors.registry import available_detectors
+    from .exporter.export import export
+    from .exporter.reference import parity
+    from .models.registry import load_model
+    from .models.split import split_classifier
+    from .runtime.session import Session
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -1,4 +1,4 @@
-"""Errors that users of oodgate can act on."""
+"""Every error a user of oodgate can cause: all are OodgateError, so the CLI prints one line and exits 2."""
 
 from __future__ import annotations
 
@@ -13,3 +13,23 @@ class NotFittedError(OodgateError):
 
 class ArtifactError(OodgateError):
     """A calibration file or graph is missing, of another version, tampered with or not made by oodgate."""
+
+
+class ExportError(OodgateError):
+    """The export failed or the exported graph did not match the PyTorch reference."""
+
+
+class ProviderError(OodgateError):
+    """A requested execution provider is missing or ONNX Runtime fell back to another one."""
+
+
+class UnsupportedLayerError(OodgateError):
+    """A layer or op of the model cannot be part of an exported gradient branch (AdaSCALE)."""
+
+
+class GradientTraceError(OodgateError, RuntimeError):
+    """The traced gradient graph disagrees with eager autograd (a bug in a decomposition)."""
+
+
+__all__ = ["ArtifactError", "ExportError", "GradientTraceError", "NotFittedError", "OodgateError", "ProviderError",
+           "UnsupportedLayerError"]

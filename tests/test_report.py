@@ -11,8 +11,8 @@ import pytest
 
 from oodgate import metrics
 from oodgate.errors import OodgateError
-from oodgate.evaluation import Evaluation, SetScores
-from oodgate.report import (PLOT_DPI, PLOT_PIXELS, PLOT_SIZE, threshold_at_tpr, threshold_options, write_report)
+from oodgate.evaluation.evaluate import Evaluation, SetScores
+from oodgate.evaluation.report import (PLOT_DPI, PLOT_PIXELS, PLOT_SIZE, threshold_at_tpr, threshold_options, write_report)
 
 PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")
@@ -111,7 +111,7 @@ def test_what_if_equals_direct_computation(report) -> None:
 
 def test_threshold_at_tpr_matches_calibration_rule() -> None:
     pytest.importorskip("torch")
-    from oodgate.calibration import fit_threshold
+    from oodgate.detectors.threshold import fit_threshold
 
     rng = np.random.default_rng(3)
     for scores in (rng.normal(size=101), np.repeat([0.0, 1.0, 2.0], [10, 30, 60]), rng.normal(size=7)):
@@ -171,8 +171,8 @@ def test_report_needs_no_torch(tmp_path: Path) -> None:
     import sys
 
     code = ("import sys, numpy as np\n"
-            "from oodgate.evaluation import Evaluation, SetScores\n"
-            "from oodgate.report import write_report\n"
+            "from oodgate.evaluation.evaluate import Evaluation, SetScores\n"
+            "from oodgate.evaluation.report import write_report\n"
             "s = np.linspace(0, 1, 50, dtype=np.float32)\n"
             "ev = Evaluation('msp', 0.1, SetScores('id', s, s < 0.1), [SetScores('o', s - 0.5, s < 0.6)])\n"
             f"write_report(ev, {str(tmp_path)!r}, plots=False)\n"

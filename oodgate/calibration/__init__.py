@@ -1,131 +1,17 @@
-"""Calibration: fit a detector's statistics on ID data and its threshold on held-out ID data."""
+"""Calibration: fit a detector's statistics on ID data and its threshold on held-out ID data; the calibration file.
+Names are imported on first use (``load_calibration`` needs no torch)."""
 
 from __future__ import annotations
 
-from typing import Any
+from .._lazy import lazy_exports
 
-import numpy as np
-import torch
-from torch import nn
-
-from ..data.preprocess import Preprocess
-from ..data.sets import ImageSet, load_image_set
-from ..detectors import detector as make_detector
-from ..errors import OodgateError
-from ..models import ModelBundle, SplitModel, load_model, split_classifier
-from .artifact import Calibration, load_calibration, write_atomic
-from .features import collect_features, iter_features, progress_bar, show_progress
-from .threshold import fit_threshold
-
-
-def resolve_model(model: Any, *, preprocess: Preprocess | None = None, class_names: list[str] | None = None,
-                  head: str | None = None) -> ModelBundle:
-    """A ModelBundle from a bundle, a model reference string, or a torch module (+ its preprocessing)."""
-    if isinstance(model, ModelBundle):
-        bundle = model
-        if preprocess is not None:
-            bundle.preprocess = preprocess
-        if class_names is not None:
-            bundle.class_names = list(class_names)
-        if head is not None:
-            bundle.head = head
-        return bundle
-    if isinstance(model, str):
-        return load_model(model, preprocess=preprocess, class_names=class_names, head=head)
-    if isinstance(model, nn.Module):
-        if preprocess is None:
-            raise OodgateError("a torch model needs its preprocessing: pass preprocess=oodgate.data.Preprocess(...)")
-        return ModelBundle(model.eval(), preprocess, class_names, None, head)
-    raise OodgateError(f"expected a torch.nn.Module, a ModelBundle or a model name, got {type(model).__name__}")
-
-
-def resolve_images(data: Any, what: str = "ID data") -> ImageSet:
-    """An ImageSet from an ImageSet, a spec string (e.g. 'digits:calib', a folder), or (images, labels)."""
-    if isinstance(data, ImageSet):
-        return data
-    if isinstance(data, str):
-        return load_image_set(data)
-    if isinstance(data, tuple) and len(data) == 2:
-        return ImageSet(what, data[0], None if data[1] is None else np.asarray(data[1], dtype=np.int64))
-    if isinstance(data, np.ndarray):
-        return ImageSet(what, data)
-    raise OodgateError(f"{what}: expected an ImageSet, a data spec string or (images, labels), got {type(data).__name__}")
-
-
-def calibrate(model: Any, id_data: Any, method: str = "energy", *, tpr: float = 0.95, holdout: float | Any = 0.2,
-              seed: int = 0, preprocess: Preprocess | None = None, class_names: list[str] | None = None,
-              head: str | None = None, batch_size: int = 128, progress: bool | None = None,
-              **params: Any) -> Calibration:
-    """Fit ``method`` on ID data and its threshold at ``tpr`` on held-out ID data; returns a Calibration.
-
-    ``holdout`` is the share of ``id_data`` held out (seeded split) or a separate ID data set.
-    """
-    det = make_detector(method, **params)
-    bundle = resolve_model(model, preprocess=preprocess, class_names=class_names, head=head)
-    split = split_classifier(bundle.model, head=bundle.head)
-    images = resolve_images(id_data)
-    if isinstance(holdout, (int, float)) and not isinstance(holdout, bool):
-        if not 0 < holdout < 1:
-            raise OodgateError(f"holdout={holdout!r}: give the held-out share in (0, 1), e.g. 0.2")
-        held, fit_set = images.split(float(holdout), seed=seed)
-    else:
-        fit_set, held = images, resolve_images(holdout, "held-out ID data")
-    if len(fit_set) == 0 or len(held) == 0:
-        raise OodgateError(f"need ID samples both to fit ({len(fit_set)}) and to hold out ({len(held)}): give more data")
-    if det.needs_labels and fit_set.labels is None:
-        raise OodgateError(f"detector '{method}' is fitted with class labels, but the ID data has none")
-    _check_input(split, bundle.preprocess, images)
-    with torch.no_grad():
-        weight, bias = split.head.weight.detach().numpy(), split.head.bias.detach().numpy()
-    if det.needs_backbone:
-        det.fit_model(split, fit_set.batches(bundle.preprocess, batch_size), progress=progress, n=len(fit_set))
-        scores = det.score_model(split, held.batches(bundle.preprocess, batch_size), progress=progress, n=len(held))
-    else:
-        extra = {"class_names": bundle.class_names} if getattr(det, "uses_class_names", False) else {}
-        det.fit(iter_features(split, fit_set, bundle.preprocess, batch_size=batch_size, progress=progress,
-                              desc=f"fit {method}"), weight=weight, bias=bias, **extra)
-        feats, _ = collect_features(split, held, bundle.preprocess, batch_size=batch_size, progress=progress)
-        scores = det.score(feats)
-    tau = fit_threshold(scores, tpr)
-    cal = Calibration(
-        method=det.name, params=_jsonable(det.params), state=det.fitted_state(), info=_jsonable(det.fit_info()),
-        threshold=tau, tpr=float(tpr), preprocess=bundle.preprocess, class_names=bundle.class_names,
-        data_fingerprint=images.fingerprint() if isinstance(holdout, float) else
-        fit_set.fingerprint() + "+" + held.fingerprint(),
-        model_ref=bundle.ref, model_head=split.head_path, model_weights=bundle.extra.get("weights"),
-        holdout_scores=np.asarray(scores, np.float32),
-        counts={"fit": len(fit_set), "holdout": len(held), "accepted_holdout": int(np.sum(scores >= tau))},
-        seed=seed,
-    )
-    cal._detector, cal._model = det, split
-    return cal
-
-
-def _check_input(split: SplitModel, preprocess: Preprocess, images: ImageSet) -> None:
-    """Fail early, in one line, when the model cannot take the preprocessed images."""
-    x, _ = next(images.subset(np.arange(1)).batches(preprocess, 1))
-    try:
-        with torch.no_grad():
-            split.features(torch.from_numpy(x))
-    except OodgateError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - translate a shape error into an actionable message
-        raise OodgateError(f"the model cannot take inputs of shape {tuple(x.shape)} made by {preprocess}: "
-                           f"{str(exc).splitlines()[0]}") from None
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types from NumPy scalars / arrays / tuples."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-__all__ = ["Calibration", "calibrate", "collect_features", "fit_threshold", "iter_features", "load_calibration",
-           "progress_bar", "resolve_images", "resolve_model", "show_progress", "write_atomic"]
+_EXPORTS = {
+    "calibrate": ".calibrate", "resolve_images": ".calibrate", "resolve_model": ".calibrate",
+    "Calibration": ".artifact", "load_calibration": ".artifact",
+    "collect_features": ".features", "iter_features": ".features",
+    "fit_threshold": "..detectors.threshold",
+    "progress_bar": "..progress", "show_progress": "..progress",
+    "write_atomic": "..files",
+}
+lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -62,7 +62,7 @@ class Calibration:
     def detector(self) -> Any:
         """The fitted detector (rebuilt from the saved state after loading)."""
         if self._detector is None:
-            from ..detectors import detector_class
+            from ..detectors.registry import detector_class
 
             self._detector = detector_class(self.method).from_state(self.params, self.state, self.info)
         return self._detector
@@ -70,7 +70,8 @@ class Calibration:
     def model(self) -> Any:
         """The classifier as a SplitModel: the one calibrated in memory, or reloaded from ``model_ref``."""
         if self._model is None:
-            from ..models import load_model, split_classifier
+            from ..models.registry import load_model
+            from ..models.split import split_classifier
 
             if not self.model_ref:
                 raise OodgateError("this calibration was made from an in-memory model with no reference: "

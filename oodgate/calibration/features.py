@@ -10,7 +10,7 @@ import torch
 from ..data.preprocess import Preprocess
 from ..data.sets import ImageSet
 from ..models.split import SplitModel
-from ..progress import progress_bar, show_progress
+from ..progress import progress_bar
 
 
 @torch.no_grad()

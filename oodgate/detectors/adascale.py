@@ -7,7 +7,7 @@ top keep(p(x)) entries of relu(h). AdaSCALE-A: z* = W (h e^r) + b; AdaSCALE-L: z
 
 Two implementations of steps 1-4 share steps 5-8 (``AdaSCALEHead``):
 - the eager reference: torch.autograd for g, a stable sort for the n smallest |g| (ties: lowest index first);
-- the exported graph: the input gradient traced into plain operators (oodgate.exporter.gradient), and the n
+- the exported graph: the input gradient traced into plain operators (oodgate.detectors.gradient), and the n
   smallest |g| selected by bisection on counts (TensorRT's TopK is limited to k <= 3840), ties again by index.
 Index sets on h (top 1 % / 5 %) are masks from TopK values with ties broken by lowest index (``top_mask``).
 """
@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import OodgateError
 from ..progress import progress_bar
-from . import register
+from .registry import register
 from .base import Detector, keep_count
 from .ops import energy
 
@@ -157,7 +157,7 @@ class _AdaSCALE(Detector):
     variant = "a"
     defaults = {"p_min": 80.0, "p_max": 85.0, "o": 0.05, "eps": 0.5, "k1": 1.0, "k2": 5.0, "lam": 10.0,
                 "n_fit": 5000, "seed": 0}
-    needs_backbone = True
+    input_kind = "images"
     fitted = ("weight_", "bias_", "ecdf_")
     fitted_info = ("input_shape_",)
 
@@ -173,10 +173,6 @@ class _AdaSCALE(Detector):
                 raise OodgateError(f"{key}={prm[key]!r} must be a percentage in (0, 100]")
         if int(prm["n_fit"]) < 1:
             raise OodgateError(f"n_fit={prm['n_fit']!r} must be at least 1")
-
-    def fit(self, *args: Any, **kwargs: Any) -> "_AdaSCALE":
-        raise OodgateError(f"'{self.name}' perturbs the input, so it is fitted from the model and images: use "
-                           "oodgate.calibrate(model, id_data, method=...) or .fit_model(split_model, batches)")
 
     def head(self) -> nn.Module:
         if not self.is_fitted:
@@ -225,7 +221,7 @@ class _AdaSCALE(Detector):
                             k1=prm["k1"], k2=prm["k2"], lam=prm["lam"])
 
     def fit_model(self, split: nn.Module, batches: Iterable[tuple[np.ndarray, Any]], *, progress: bool | None = None,
-                  n: int | None = None) -> "_AdaSCALE":
+                  n: int | None = None, class_names: Any = None) -> "_AdaSCALE":
         """Fit the ID empirical CDF of Q' (up to n_fit samples, seeded subsample) from image batches."""
         values, shape = [], None
         bar = progress_bar(n, f"fit {self.name}", progress)
@@ -268,14 +264,10 @@ class _AdaSCALE(Detector):
         bar.close()
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def score(self, features: Any) -> np.ndarray:
-        raise OodgateError(f"'{self.name}' scores images, not features: use .score_model(split, batches) or "
-                           "an exported graph")
-
     # -- export ---------------------------------------------------------------------------------------------
-    def graph_module(self, split: nn.Module) -> AdaSCALEScorer:
+    def graph_scorer(self, split: nn.Module) -> AdaSCALEScorer:
         """The exportable x -> (z*, score, label) module (gradient branch traced into plain operators)."""
-        from ..exporter.gradient import trace_logits_and_input_gradient
+        from .gradient import trace_logits_and_input_gradient
 
         head = self.head()
         shape = tuple(int(s) for s in self.input_shape_)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NotFittedError, OodgateError
+from ..errors import ArtifactError, NotFittedError, OodgateError
+from ..progress import progress_bar
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
 FeatureSource = Any  # ArrayLike, or an iterable of feature batches / (features, labels) batches
@@ -100,13 +101,48 @@ class DetectorHead(nn.Module):
         raise NotImplementedError
 
 
+class FeatureScorer(nn.Module):
+    """x -> (logits, score, label) for detectors that score pooled features: head(backbone(x))."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.head(self.backbone(x))
+
+
+@torch.no_grad()
+def iter_model_features(split: nn.Module, batches: Iterable[tuple[np.ndarray, Any]], *, progress: bool | None = None,
+                        n: int | None = None, desc: str = "features") -> Iterator[tuple[np.ndarray, Any]]:
+    """(pooled features float32 (B, D), labels or None) per batch of preprocessed images, with a progress bar."""
+    split.eval()
+    with progress_bar(n, desc, progress) as bar:
+        for x, labels in batches:
+            h = split.features(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)))
+            bar.update(len(x))
+            yield h.numpy().astype(np.float32, copy=False), labels
+
+
 class Detector:
-    """A post-hoc OOD detector: sklearn-style ``fit`` on ID features, ``score`` (higher = ID)."""
+    """A post-hoc OOD detector: sklearn-style ``fit`` on ID features, ``score`` (higher = ID).
+
+    The contract that calibration and the exporter use, and nothing else:
+
+    - ``fit_model(split, batches, ...)`` / ``score_model(split, batches, ...)``: fit on / score batches of
+      preprocessed images through a split model (default: its pooled features, then ``fit`` / ``score``);
+    - ``graph_scorer(split)``: the exported x -> (logits, score, label) module (default: backbone + ``head()``).
+
+    Detectors that need the input itself (AdaSCALE) set ``input_kind = "images"`` and override the model-level
+    methods; their feature-level ``fit`` / ``score`` then refuse with what to call instead.
+    """
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     needs_labels: ClassVar[bool] = False
-    needs_backbone: ClassVar[bool] = False
+    #: "features": fitted and scored on pooled features; "images": only through the model (fit_model/score_model)
+    input_kind: ClassVar[str] = "features"
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -131,8 +167,16 @@ class Detector:
 
     # -- fitting ----------------------------------------------------------------------------------------
     def fit(self, features: FeatureSource, labels: ArrayLike | None = None, *, weight: ArrayLike,
-            bias: ArrayLike | None = None, batch_size: int = 4096) -> "Detector":
-        """Fit the detector's statistics on ID features (array or iterable of batches); returns self."""
+            bias: ArrayLike | None = None, class_names: Sequence[str] | None = None,
+            batch_size: int = 4096) -> "Detector":
+        """Fit the detector's statistics on ID features (array or iterable of batches); returns self.
+
+        ``class_names`` (optional) name the head's classes, for detectors whose parameters name classes (MOS groups).
+        """
+        if self.input_kind != "features":
+            raise OodgateError(f"'{self.name}' perturbs the input, so it is fitted from the model and images: use "
+                               "oodgate.calibrate(model, id_data, method=...) or .fit_model(split_model, batches)")
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
         w = to_numpy(weight)
         if w.ndim != 2:
             raise OodgateError(f"expected the head weight of shape (C, D), got shape {w.shape}")
@@ -199,7 +243,31 @@ class Detector:
 
     def score(self, features: ArrayLike) -> np.ndarray:
         """OOD score per row of features, shape (N,); higher = more in-distribution."""
+        if self.input_kind != "features":
+            raise OodgateError(f"'{self.name}' scores images, not features: use .score_model(split, batches) or "
+                               "an exported graph")
         return self._run(features)[1]
+
+    # -- the model-level contract (calibration and the exporter call only these) ---------------------------
+    def fit_model(self, split: nn.Module, batches: Iterable[tuple[np.ndarray, Any]], *, progress: bool | None = None,
+                  n: int | None = None, class_names: Sequence[str] | None = None) -> "Detector":
+        """Fit on batches of (preprocessed images, labels or None) through ``split`` (a SplitModel); returns self."""
+        with torch.no_grad():
+            weight, bias = split.head.weight.detach().numpy(), split.head.bias.detach().numpy()
+        feats = iter_model_features(split, batches, progress=progress, n=n, desc=f"fit {self.name}")
+        return self.fit(feats, weight=weight, bias=bias, class_names=class_names)
+
+    def score_model(self, split: nn.Module, batches: Iterable[tuple[np.ndarray, Any]], *,
+                    progress: bool | None = None, n: int | None = None) -> np.ndarray:
+        """Scores (higher = ID) of batches of preprocessed images through ``split``."""
+        feats = [f for f, _ in iter_model_features(split, batches, progress=progress, n=n, desc="features")]
+        if not feats:
+            return np.zeros(0, np.float32)
+        return self.score(np.concatenate(feats))
+
+    def graph_scorer(self, split: nn.Module) -> nn.Module:
+        """The exported x -> (logits, score, label) module for ``split``: here backbone + the fitted head."""
+        return FeatureScorer(split.backbone, self.head())
 
     def predict(self, features: ArrayLike) -> np.ndarray:
         """Predicted class per row of features."""
@@ -225,8 +293,6 @@ class Detector:
     def from_state(cls, params: dict[str, Any], state: dict[str, np.ndarray],
                    info: dict[str, Any] | None = None) -> "Detector":
         """Rebuild a fitted detector from saved parameters, arrays and info."""
-        from ..errors import ArtifactError
-
         det = cls(**params)
         info = info or {}
         for name in cls.fitted:

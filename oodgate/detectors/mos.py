@@ -8,15 +8,15 @@ non-others probability over all groups (no renormalisation), so an "others" slot
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import OodgateError
-from . import register
-from .base import ArrayLike, Detector, DetectorHead, FeatureSource
+from .registry import register
+from .base import Detector, DetectorHead
 from .mos_groups import KMEANS_SOURCES, group_layout, resolve_groups, validate_groups
 from .mos_train import train_mos_head
 
@@ -91,7 +91,6 @@ class MOS(Detector):
 
     name = "mos"
     needs_labels = True
-    uses_class_names: ClassVar[bool] = True
     defaults = {"groups": None, "num_groups": None, "kmeans_on": "class_means", "steps": None, "lr": 0.003,
                 "batch_size": 512, "mixup": None, "val": 0.1, "patience": 5, "seed": 0, "progress": None}
     fitted = ("weight_", "bias_", "mos_weight_", "mos_bias_")
@@ -128,15 +127,6 @@ class MOS(Detector):
         if p["progress"] not in (None, True, False):
             raise OodgateError(f"parameter progress={p['progress']!r} of 'mos' must be True, False or None")
 
-    def fit(self, features: FeatureSource, labels: ArrayLike | None = None, *, weight: ArrayLike,
-            bias: ArrayLike | None = None, batch_size: int = 4096,
-            class_names: Sequence[str] | None = None) -> MOS:
-        """Cache the labelled ID features, resolve the groups and train the MOS head; returns self."""
-        if class_names is not None:
-            self.class_names = [str(n) for n in class_names]
-        super().fit(features, labels, weight=weight, bias=bias, batch_size=batch_size)
-        return self
-
     def _fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> None:
         c, d = self.weight_.shape
         feats, labs, sums = [], [], np.zeros((c, d))
@@ -154,7 +144,7 @@ class MOS(Detector):
         means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], sums.sum(0) / len(y))
         p = self.params
         groups, source = resolve_groups(
-            p["groups"], c, class_names=getattr(self, "class_names", None), class_means=means, head_rows=self.weight_,
+            p["groups"], c, class_names=self.class_names, class_means=means, head_rows=self.weight_,
             num_groups=p["num_groups"], kmeans_on=p["kmeans_on"], seed=int(p["seed"]))
         w, b, facts = train_mos_head(x, y, groups, c, steps=p["steps"], lr=float(p["lr"]),
                                      batch_size=int(p["batch_size"]), mixup=p["mixup"], val=float(p["val"]),

@@ -1,24 +1,12 @@
-"""The exported module: backbone + detector head + threshold, with the four named outputs."""
+"""The exported module: the detector's scorer (backbone + head) + threshold, with the four named outputs."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-OUTPUT_NAMES = ("logits", "score", "is_ood", "label")
-INPUT_NAME = "input"
-
-
-class FeatureScorer(nn.Module):
-    """x -> (logits, score, label) for detectors that score pooled features: head(backbone(x))."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.head(self.backbone(x))
+from ..calibration.artifact import Calibration
+from ..runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 
 
 class OodgateGraph(nn.Module):
@@ -34,16 +22,9 @@ class OodgateGraph(nn.Module):
         return logits, score, score < self.threshold, label.to(torch.int64)
 
 
-def scorer_module(detector: object, split: nn.Module) -> nn.Module:
-    """The detector's x -> (logits, score, label) module: its own (e.g. AdaSCALE's two-pass graph) or
-    backbone + feature head."""
-    build = getattr(detector, "graph_module", None)
-    if build is not None:
-        return build(split)
-    return FeatureScorer(split.backbone, detector.head())  # type: ignore[attr-defined]
-
-
-def build_graph_module(calibration: object, split: nn.Module) -> OodgateGraph:
+def build_graph_module(calibration: Calibration, split: nn.Module) -> OodgateGraph:
     """The whole exported module of a calibration, in eval mode (also the PyTorch reference for parity)."""
-    detector = calibration.detector  # type: ignore[attr-defined]
-    return OodgateGraph(scorer_module(detector, split), calibration.threshold).eval()  # type: ignore[attr-defined]
+    return OodgateGraph(calibration.detector.graph_scorer(split), calibration.threshold).eval()
+
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OodgateGraph", "build_graph_module"]

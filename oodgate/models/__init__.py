@@ -1,114 +1,14 @@
-"""Classifiers: splitting any torch model into backbone + linear head, and the built-in models."""
+"""Classifiers: splitting any torch model into backbone + linear head (split.py), and the built-in models
+(registry.py). Names are imported on first use."""
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from .._lazy import lazy_exports
 
-import torch
-from torch import nn
-
-from ..data.preprocess import Preprocess
-from ..errors import OodgateError
-from .split import HEAD_ATTRIBUTES, SplitModel, split_classifier
-
-
-@dataclass
-class ModelBundle:
-    """A classifier with what travels with it: preprocessing, class names and how to load it again (ref)."""
-
-    model: nn.Module
-    preprocess: Preprocess
-    class_names: list[str] | None = None
-    ref: str | None = None
-    head: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def read_card(path: Path) -> dict[str, Any]:
-    """The JSON card written next to a built-in model's weights."""
-    import json
-
-    return json.loads(path.read_text())
-
-
-def _digits() -> ModelBundle:
-    from . import digits_cnn as m
-
-    card = read_card(m.CARD)
-    return ModelBundle(m.digits_cnn(), Preprocess.from_dict(card["preprocess"]), card["class_names"], "digits-cnn")
-
-
-def _efficientnet() -> ModelBundle:
-    from . import efficientnet as m
-
-    return ModelBundle(m.efficientnet_lite0(), Preprocess(channels="RGB", resize=256, crop=(224, 224), mean=m.MEAN,
-                                                          std=m.STD), m.imagenet_wnids(), "efficientnet-lite0")
-
-
-BUILTIN_MODELS: dict[str, Callable[[], ModelBundle]] = {
-    "digits-cnn": _digits,
-    "efficientnet-lite0": _efficientnet,
+_EXPORTS = {
+    "BUILTIN_MODELS": ".registry", "ModelBundle": ".registry", "load_model": ".registry", "read_card": ".registry",
+    "register_model": ".registry",
+    "HEAD_ATTRIBUTES": ".split", "SplitModel": ".split", "split_classifier": ".split",
 }
-
-
-def register_model(name: str, factory: Callable[[], ModelBundle]) -> None:
-    """Make a built-in model loadable by name (``load_model(name)``)."""
-    BUILTIN_MODELS[name] = factory
-
-
-def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Preprocess | None = None,
-               class_names: list[str] | None = None, head: str | None = None) -> ModelBundle:
-    """Load a model by reference: a built-in name, or 'package.module:factory' (a callable returning an
-    nn.Module), with optional state-dict ``weights`` loaded with ``torch.load(weights_only=True)``."""
-    _load_extra_builtins()
-    if ref in BUILTIN_MODELS:
-        bundle = BUILTIN_MODELS[ref]()
-    elif ":" in ref:
-        module_name, _, attr = ref.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise OodgateError(f"cannot load model factory '{ref}': {exc}") from None
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise OodgateError(f"model factory '{ref}' returned {type(model).__name__}, not a torch.nn.Module")
-        if preprocess is None:
-            raise OodgateError(f"model '{ref}' has no preprocessing recorded: give one (resize, crop, mean, std)")
-        bundle = ModelBundle(model.eval(), preprocess, class_names, ref)
-    else:
-        raise OodgateError(
-            f"unknown model '{ref}': use one of {', '.join(sorted(BUILTIN_MODELS))} or 'package.module:factory'"
-        )
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise OodgateError(f"no such weights file: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            bundle.model.load_state_dict(state)
-        except Exception as exc:  # noqa: BLE001 - surface the reason in one line
-            raise OodgateError(f"cannot load weights {path} into {ref}: {str(exc).splitlines()[0]}") from None
-        bundle.extra["weights"] = str(path)
-    if preprocess is not None:
-        bundle.preprocess = preprocess
-    if class_names is not None:
-        bundle.class_names = list(class_names)
-    if head is not None:
-        bundle.head = head
-    return bundle
-
-
-def _load_extra_builtins() -> None:
-    """Register built-ins defined in optional modules (e.g. the Fashion-MNIST CNN)."""
-    try:
-        importlib.import_module(f"{__name__}.fashion_cnn")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.fashion_cnn":
-            raise
-
-
-__all__ = ["HEAD_ATTRIBUTES", "BUILTIN_MODELS", "ModelBundle", "SplitModel", "load_model", "register_model",
-           "split_classifier"]
+lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

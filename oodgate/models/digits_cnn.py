@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 WEIGHTS = Path(__file__).parent / "weights" / "digits_cnn.pt"
-#: preprocessing, class names and test accuracy, written by ``python -m oodgate.models.train digits``
+#: preprocessing, class names and test accuracy, written by ``python -m oodgate.models.training digits``
 CARD = WEIGHTS.with_suffix(".json")
 
 

@@ -30,6 +30,11 @@ PRECISIONS = ("fp32", "fp16")
 SIDECAR_SUFFIX = ".json"
 
 
+def gpu_slug(name: str) -> str:
+    """A GPU name as a file-name part: 'NVIDIA A100-SXM4-80GB' -> 'nvidia-a100-sxm4-80gb' ('gpu' if empty)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "gpu"
+
+
 def default_cache_dir() -> Path:
     """``$OODGATE_CACHE_DIR/tensorrt``, else ``$XDG_CACHE_HOME/oodgate/tensorrt``, else
     ``~/.cache/oodgate/tensorrt``."""
@@ -92,6 +97,10 @@ class BatchProfile:
         return [self.min, self.opt, self.max]
 
 
+#: the batch profile of TensorRT engines (native runner and ONNX Runtime's TensorRT EP) unless one is given
+DEFAULT_BATCH_PROFILE = BatchProfile(1, 32, 32)
+
+
 def graph_sha256(path: str | Path) -> str:
     """SHA-256 of a graph file's bytes (streamed)."""
     h = hashlib.sha256()
@@ -135,7 +144,7 @@ class EngineKey:
 
     def slot(self, graph_name: str) -> str:
         """The file stem of this key's cache slot (one engine per graph name, GPU, precision and profile)."""
-        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower() or "gpu"
+        gpu = gpu_slug(self.gpu_name)
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", graph_name) or "graph"
         cc = self.compute_capability.replace(".", "")
         p = self.profile
@@ -234,7 +243,7 @@ class EngineCache:
 
     def timing_cache_path(self, device: DeviceFacts) -> Path:
         """The builder's timing cache for one GPU model and TensorRT version (shared by all graphs)."""
-        gpu = re.sub(r"[^A-Za-z0-9]+", "-", device.gpu_name).strip("-").lower() or "gpu"
+        gpu = gpu_slug(device.gpu_name)
         cc = device.compute_capability.replace(".", "")
         return self.root / f"timing-{gpu}-sm{cc}-trt{device.tensorrt_version}.cache"
 

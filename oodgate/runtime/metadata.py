@@ -13,6 +13,9 @@ from ..errors import ArtifactError
 METADATA_KEY = "oodgate"
 GRAPH_FORMAT = "oodgate-graph"
 GRAPH_FORMAT_VERSION = 1
+#: the graph's input and its four outputs, in order
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "score", "is_ood", "label")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Options of ONNX Runtime's TensorRT and CUDA execution providers for an oodgate graph.
+"""The one owner of execution providers: names, chains, spec strings, availability and EP options. No torch here.
+
+Names: 'auto' | 'cpu' | 'cuda' | 'tensorrt' (ONNX Runtime's execution providers) and 'trt-native' (oodgate's own
+TensorRT runner, ``oodgate.runtime.tensorrt``). A spec is a name with options, e.g. 'tensorrt:fp16' or
+'trt-native:fp16,batch=1/8/32'; ``Session(path, spec)`` and every CLI ``--provider`` take the same specs.
 
 TensorRT EP: FP16 on/off, an engine cache and a timing cache on disk, and an explicit optimisation profile for the
 batch axis (``trt_profile_min/opt/max_shapes``), so that ONNX Runtime builds one engine for the whole batch range
@@ -11,21 +15,73 @@ CUDA EP: TF32 off by default (parity with a strict-FP32 reference), the device i
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import OodgateError
-from .engine_cache import BatchProfile, default_cache_dir, graph_sha256
-from .tensorrt import device_facts
+from ..errors import OodgateError, ProviderError
+from .engine_cache import DEFAULT_BATCH_PROFILE, BatchProfile, default_cache_dir, gpu_slug, graph_sha256
+from .tensorrt import PROVIDER_NAME, device_facts, tensorrt_unavailable_reason
 
-DEFAULT_BATCH_PROFILE = BatchProfile(1, 32, 32)
+#: not an ONNX Runtime provider: oodgate's own TensorRT runner (oodgate.runtime.tensorrt)
+NATIVE_TENSORRT = PROVIDER_NAME
+#: ONNX Runtime execution providers per user-facing name, in order of preference
+PROVIDER_CHAINS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt", NATIVE_TENSORRT)
 FP16_HEAD_WARNING = ("ONNX Runtime's TensorRT EP cannot keep the detector head in FP32: with trt_fp16_enable the "
                      "logsumexp/exp of the score run in half precision and can overflow (exp(x) > 65504 for x > 11). "
                      "Use providers='trt-native' with precision='fp16' (FP32 head), or measure the drift with "
                      "`oodgate parity` first")
+
+
+def onnxruntime_module() -> Any:
+    """The onnxruntime module, or OodgateError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OodgateError("ONNX Runtime is not installed: pip install 'oodgate[cpu]' (or 'oodgate[gpu]' for "
+                           "CUDA/TensorRT; the two packages conflict, install only one)") from None
+    return onnxruntime
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """The ONNX Runtime provider list for 'auto' | 'cpu' | 'cuda' | 'tensorrt' (['trt-native'] for the native
+    TensorRT runner, after checking that TensorRT and cuda-python import)."""
+    if provider == NATIVE_TENSORRT:
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            raise ProviderError(reason)
+        return [NATIVE_TENSORRT]
+    ort = onnxruntime_module()
+    available = ort.get_available_providers()
+    if provider == "auto":
+        for name in ("tensorrt", "cuda", "cpu"):
+            if PROVIDER_CHAINS[name][0] in available:
+                return [p for p in PROVIDER_CHAINS[name] if p in available]
+        return ["CPUExecutionProvider"]
+    if provider not in PROVIDER_CHAINS:
+        raise OodgateError(f"unknown provider '{provider}': use one of {', '.join(PROVIDER_NAMES)}")
+    wanted = PROVIDER_CHAINS[provider][0]
+    if wanted not in available:
+        raise ProviderError(
+            f"provider '{provider}' needs ONNX Runtime's {wanted}, which this install lacks (available: "
+            f"{', '.join(available)}): install onnxruntime-gpu (pip install 'oodgate[gpu]') on a machine with a "
+            "GPU, or use --provider cpu")
+    return [p for p in PROVIDER_CHAINS[provider] if p in available]
+
+
+def check_providers(requested: Sequence[str], active: Sequence[str]) -> None:
+    """Raise if the first requested GPU provider is not among the session's active ones (a silent CPU fallback)."""
+    first = requested[0]
+    if first != "CPUExecutionProvider" and first not in active:
+        raise ProviderError(f"ONNX Runtime fell back from {first} to {', '.join(active)}: the GPU provider failed "
+                            "to initialise (check CUDA/cuDNN/TensorRT libraries), or use --provider cpu")
 
 
 def _shape_text(input_name: str, shape: Sequence[int]) -> str:
@@ -34,8 +90,7 @@ def _shape_text(input_name: str, shape: Sequence[int]) -> str:
 
 def ort_cache_dir(graph: str | Path, root: str | Path | None = None) -> Path:
     """Folder for ONNX Runtime's TensorRT engine and timing caches of ``graph``, keyed by what invalidates them."""
-    import onnxruntime as ort
-
+    ort = onnxruntime_module()
     graph = Path(graph)
     parts = [f"ort{ort.__version__}"]
     try:
@@ -43,8 +98,7 @@ def ort_cache_dir(graph: str | Path, root: str | Path | None = None) -> Path:
     except OodgateError:  # no TensorRT/cuda-python/GPU here: the graph hash and ORT version still key the folder
         facts = None
     if facts is not None:
-        gpu = re.sub(r"[^A-Za-z0-9]+", "-", facts.gpu_name).strip("-").lower()
-        parts += [f"trt{facts.tensorrt_version}", gpu, f"sm{facts.compute_capability.replace('.', '')}"]
+        parts += [f"trt{facts.tensorrt_version}", gpu_slug(facts.gpu_name), f"sm{facts.compute_capability.replace('.', '')}"]
     base = Path(root) if root is not None else default_cache_dir().parent / "ort-tensorrt"
     return base / f"{graph.stem}-{graph_sha256(graph)[:16]}" / "-".join(parts)
 
@@ -126,18 +180,42 @@ def parse_provider_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, opts
 
 
-def open_session(graph: str | Path, spec: str, **session_kwargs: Any) -> Any:
-    """A Session for a provider spec ('cpu', 'cuda', 'tensorrt:fp16', 'trt-native:fp16,batch=1/8/32', ...)."""
-    from .metadata import read_graph_info
-    from .session import Session, resolve_providers
+@dataclass(frozen=True)
+class ProviderSpec:
+    """A parsed provider spec: the name and its options (precision 'fp16'/'fp32', the batch profile)."""
 
-    name, opts = parse_provider_spec(spec)
-    if not opts:
-        return Session(graph, providers=name, **session_kwargs)
-    if name == "trt-native":
-        return Session(graph, providers=name, provider_options=[opts], **session_kwargs)
-    info = read_graph_info(graph)
-    chain = resolve_providers(name)
-    options = provider_options(chain, graph=graph, input_name=info.input_name, input_shape=info.input_shape,
-                               fp16=opts.get("precision") == "fp16", profile=opts.get("profile", DEFAULT_BATCH_PROFILE))
-    return Session(graph, providers=name, provider_options=options, **session_kwargs)
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> "ProviderSpec":
+        name, options = parse_provider_spec(spec)
+        return cls(name, options)
+
+    @property
+    def native(self) -> bool:
+        return self.name == NATIVE_TENSORRT
+
+
+def session_providers(graph: str | Path, spec: str, *, input_name: str, input_shape: Sequence[int]
+                      ) -> tuple[list[str], list[dict[str, Any]] | None]:
+    """(ONNX Runtime provider list, provider options) for an ONNX Runtime spec such as 'cuda' or 'tensorrt:fp16'.
+
+    GPU providers get oodgate's default options (batch profile 1/32/32 unless the spec gives one, engine cache,
+    TF32 off); the CPU gets none.
+    """
+    parsed = ProviderSpec.parse(spec)
+    if parsed.native:
+        raise OodgateError("'trt-native' is not an ONNX Runtime provider: open it with Session(path, 'trt-native')")
+    chain = resolve_providers(parsed.name)
+    if chain[0] not in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
+        return chain, None
+    return chain, provider_options(chain, graph=graph, input_name=input_name, input_shape=input_shape,
+                                   fp16=parsed.options.get("precision") == "fp16",
+                                   profile=parsed.options.get("profile", DEFAULT_BATCH_PROFILE))
+
+
+__all__ = ["DEFAULT_BATCH_PROFILE", "FP16_HEAD_WARNING", "NATIVE_TENSORRT", "PROVIDER_CHAINS", "PROVIDER_NAMES",
+           "ProviderError", "ProviderSpec", "check_providers", "cuda_ep_options", "onnxruntime_module",
+           "ort_cache_dir", "parse_provider_spec", "provider_options", "resolve_providers", "session_providers",
+           "tensorrt_ep_options"]

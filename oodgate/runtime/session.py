@@ -12,63 +12,14 @@ import numpy as np
 
 from ..errors import OodgateError
 from .metadata import GraphInfo, read_graph_info
-
-#: ONNX Runtime execution providers per user-facing name, in order of preference
-PROVIDER_CHAINS: dict[str, list[str]] = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
-PROVIDER_NAMES = ("auto", "cpu", "cuda", "tensorrt", "trt-native")
-#: not an ONNX Runtime provider: oodgate's own TensorRT runner (oodgate.runtime.tensorrt)
-NATIVE_TENSORRT = "trt-native"
-
-
-class ProviderError(OodgateError):
-    """A requested execution provider is missing or ONNX Runtime fell back to another one."""
-
-
-def _onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise OodgateError("ONNX Runtime is not installed: pip install 'oodgate[cpu]' (or 'oodgate[gpu]' for "
-                           "CUDA/TensorRT; the two packages conflict, install only one)") from None
-    return onnxruntime
-
-
-def resolve_providers(provider: str) -> list[str]:
-    """The ONNX Runtime provider list for 'auto' | 'cpu' | 'cuda' | 'tensorrt' (['trt-native'] for the native
-    TensorRT runner, after checking that TensorRT and cuda-python import)."""
-    if provider == NATIVE_TENSORRT:  # -- native TensorRT (issue 6) --
-        from .tensorrt import tensorrt_unavailable_reason
-
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            raise ProviderError(reason)
-        return [NATIVE_TENSORRT]
-    ort = _onnxruntime()
-    available = ort.get_available_providers()
-    if provider == "auto":
-        for name in ("tensorrt", "cuda", "cpu"):
-            if PROVIDER_CHAINS[name][0] in available:
-                return [p for p in PROVIDER_CHAINS[name] if p in available]
-        return ["CPUExecutionProvider"]
-    if provider not in PROVIDER_CHAINS:
-        raise OodgateError(f"unknown provider '{provider}': use one of {', '.join(PROVIDER_NAMES)}")
-    wanted = PROVIDER_CHAINS[provider][0]
-    if wanted not in available:
-        raise ProviderError(
-            f"provider '{provider}' needs ONNX Runtime's {wanted}, which this install lacks (available: "
-            f"{', '.join(available)}): install onnxruntime-gpu (pip install 'oodgate[gpu]') on a machine with a "
-            "GPU, or use --provider cpu")
-    return [p for p in PROVIDER_CHAINS[provider] if p in available]
+from .providers import (NATIVE_TENSORRT, PROVIDER_NAMES, ProviderError, ProviderSpec, check_providers,
+                        onnxruntime_module, resolve_providers, session_providers)
 
 
 def ort_session(path: str, providers: Sequence[Any], *, threads: int | None = None,
                 provider_options: Sequence[dict[str, Any]] | None = None) -> Any:
     """An onnxruntime.InferenceSession with full graph optimisation."""
-    ort = _onnxruntime()
+    ort = onnxruntime_module()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -79,14 +30,6 @@ def ort_session(path: str, providers: Sequence[Any], *, threads: int | None = No
                                     provider_options=list(provider_options) if provider_options else None)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         raise OodgateError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
-
-
-def check_providers(requested: Sequence[str], active: Sequence[str]) -> None:
-    """Raise if the first requested GPU provider is not among the session's active ones (a silent CPU fallback)."""
-    first = requested[0]
-    if first != "CPUExecutionProvider" and first not in active:
-        raise ProviderError(f"ONNX Runtime fell back from {first} to {', '.join(active)}: the GPU provider failed "
-                            "to initialise (check CUDA/cuDNN/TensorRT libraries), or use --provider cpu")
 
 
 @dataclass
@@ -119,7 +62,9 @@ class Prediction:
 class Session:
     """Runs an oodgate graph: ``Session(path, providers='auto').run(images)`` -> Prediction.
 
-    ``providers``: 'auto' | 'cpu' | 'cuda' | 'tensorrt' or an explicit ONNX Runtime provider list. A requested
+    ``providers``: a provider spec ('auto' | 'cpu' | 'cuda' | 'tensorrt' | 'trt-native', with options such as
+    'tensorrt:fp16' or 'trt-native:fp16,batch=1/8/32', as on the command line) or an explicit ONNX Runtime
+    provider list. A requested
     GPU provider that ONNX Runtime silently replaced by the CPU raises ProviderError. 'trt-native' runs oodgate's
     own TensorRT runner instead of ONNX Runtime; ``provider_options=[{...}]`` then holds its keyword arguments
     (precision='fp16', profile=(1, 8, 32), cache_dir=...). For 'tensorrt'/'cuda' without ``provider_options``,
@@ -130,20 +75,22 @@ class Session:
                  provider_options: Sequence[dict[str, Any]] | None = None) -> None:
         self.path = Path(path)
         self.info: GraphInfo = read_graph_info(self.path)
-        if isinstance(providers, str) and providers == NATIVE_TENSORRT:  # -- native TensorRT (issue 6) --
+        spec = ProviderSpec.parse(providers) if isinstance(providers, str) else None
+        if spec is not None and spec.native:
             from .tensorrt import TensorRTRunner
 
-            self._sess = TensorRTRunner(self.path, **(dict(provider_options[0]) if provider_options else {}))
+            options = {**spec.options, **(dict(provider_options[0]) if provider_options else {})}
+            self._sess = TensorRTRunner(self.path, **options)
             self.providers = list(self._sess.get_providers())
             self._outputs = [o.name for o in self._sess.get_outputs()]
             return
-        requested = resolve_providers(providers) if isinstance(providers, str) else list(providers)
-        if provider_options is None and isinstance(providers, str) and requested[0] in (
-                "TensorrtExecutionProvider", "CUDAExecutionProvider"):  # default GPU EP options (issue 6)
-            from .providers import provider_options as gpu_provider_options
-
-            provider_options = gpu_provider_options(requested, graph=self.path, input_name=self.info.input_name,
-                                                    input_shape=self.info.input_shape)
+        if spec is None:
+            requested = list(providers)
+        elif provider_options is None:
+            requested, provider_options = session_providers(self.path, providers, input_name=self.info.input_name,
+                                                            input_shape=self.info.input_shape)
+        else:
+            requested = resolve_providers(spec.name)
         self._sess = ort_session(str(self.path), requested, threads=threads, provider_options=provider_options)
         self.providers: list[str] = list(self._sess.get_providers())
         check_providers([p if isinstance(p, str) else p[0] for p in requested], self.providers)
@@ -203,3 +150,12 @@ class Session:
         is_ood = joined["is_ood"] if threshold is None else joined["score"] < np.float32(tau)
         return Prediction(joined["logits"], joined["score"], is_ood.astype(bool), joined["label"], tau,
                           self.info.class_names)
+
+
+def open_session(graph: str | Path, spec: str, **session_kwargs: Any) -> Session:
+    """A Session for a provider spec ('cpu', 'cuda', 'tensorrt:fp16', 'trt-native:fp16,batch=1/8/32', ...)."""
+    return Session(graph, spec, **session_kwargs)
+
+
+__all__ = ["NATIVE_TENSORRT", "PROVIDER_NAMES", "Prediction", "ProviderError", "Session", "check_providers",
+           "open_session", "ort_session", "resolve_providers"]

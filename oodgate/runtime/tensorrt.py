@@ -25,18 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OodgateError
+from ..errors import OodgateError, ProviderError
 from ..files import write_atomic
-from .engine_cache import BatchProfile, CacheLookup, DeviceFacts, EngineCache, engine_key
+from .engine_cache import DEFAULT_BATCH_PROFILE, BatchProfile, CacheLookup, DeviceFacts, EngineCache, engine_key
 from .metadata import read_graph_info
 from .onnx_graph import NodeIO
 from .precision import PrecisionPlan, fp32_head_plan, head_region, pooling_chain
-from .session import ProviderError
 
 INSTALL_HINT = ("install TensorRT 10 and cuda-python (pip install tensorrt cuda-python) on a machine with an NVIDIA "
                 "GPU and driver, or use --provider cpu / cuda")
+#: the provider name of this runner (re-exported as ``oodgate.runtime.providers.NATIVE_TENSORRT``)
 PROVIDER_NAME = "trt-native"
-DEFAULT_PROFILE = BatchProfile(1, 32, 32)
+DEFAULT_PROFILE = DEFAULT_BATCH_PROFILE
 
 
 def import_tensorrt() -> Any:

@@ -144,9 +144,9 @@ class _LabelledEnergy(Energy):
 
 
 def test_detector_needing_labels_with_unlabelled_data(monkeypatch, calib_set):
-    from oodgate import detectors
+    from oodgate.detectors import registry
 
-    monkeypatch.setitem(detectors._REGISTRY, _LabelledEnergy.name, _LabelledEnergy)
+    monkeypatch.setitem(registry._REGISTERED, _LabelledEnergy.name, _LabelledEnergy)
     unlabelled = ImageSet("unlabelled digits", calib_set.images)
     with pytest.raises(OodgateError, match=r"'energy_needing_labels' is fitted with class labels.*none") as info:
         calibrate("digits-cnn", unlabelled, method=_LabelledEnergy.name, progress=False)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from oodgate.calibration import fit_threshold
+from oodgate.detectors.threshold import fit_threshold
 from oodgate.errors import OodgateError
 
 

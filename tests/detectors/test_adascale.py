@@ -374,4 +374,4 @@ def test_unfitted_reference_points_to_fit_model() -> None:
 
 def test_unfitted_graph_module_raises_not_fitted() -> None:
     with pytest.raises(OodgateError, match="not fitted"):
-        oodgate.detector("adascale_a").graph_module(split_classifier(TinyNet()))
+        oodgate.detector("adascale_a").graph_scorer(split_classifier(TinyNet()))

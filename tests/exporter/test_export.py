@@ -63,9 +63,11 @@ def test_dynamic_batch_axis(energy_graph, digits_test, batch):
 
 def test_export_checks_on_inputs_other_than_the_example_and_never_overwrites(digits_calibration, tmp_path,
                                                                             monkeypatch):
-    import oodgate.exporter as exporter
+    import importlib
+
     from oodgate import OodgateError
 
+    exporter = importlib.import_module("oodgate.exporter.export")
     cal = digits_calibration("msp")
     path = tmp_path / "msp.onnx"
     path.write_bytes(b"precious")
@@ -74,17 +76,17 @@ def test_export_checks_on_inputs_other_than_the_example_and_never_overwrites(dig
     assert path.read_bytes() == b"precious"
 
     seen: dict[str, np.ndarray] = {}
-    real_export, real_check = exporter._quiet_export, exporter.check_against_reference
+    real_export, real_check = exporter.export_onnx, exporter.check_against_reference
 
-    def spy_export(module, example, opset):
+    def spy_export(module, example, **kw):
         seen["example"] = example.numpy().copy()
-        return real_export(module, example, opset)
+        return real_export(module, example, **kw)
 
     def spy_check(graph_path, module, inputs, **kw):
         seen["check"] = np.array(inputs, copy=True)
         return real_check(graph_path, module, inputs, **kw)
 
-    monkeypatch.setattr(exporter, "_quiet_export", spy_export)
+    monkeypatch.setattr(exporter, "export_onnx", spy_export)
     monkeypatch.setattr(exporter, "check_against_reference", spy_check)
     result = exporter.export(cal, path, overwrite=True)
     assert path.read_bytes()[:8] != b"precious" and result.path == path
@@ -99,7 +101,9 @@ def test_export_checks_on_inputs_other_than_the_example_and_never_overwrites(dig
 
 
 def test_failed_check_leaves_no_file(digits_calibration, tmp_path, monkeypatch):
-    import oodgate.exporter as exporter
+    import importlib
+
+    exporter = importlib.import_module("oodgate.exporter.export")
 
     def failing_check(*args, **kw):
         raise exporter.ExportError("ONNX Runtime disagrees with PyTorch (simulated)")

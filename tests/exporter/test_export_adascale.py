@@ -22,7 +22,7 @@ from oodgate.data import Preprocess, digits, ood_set  # noqa: E402
 from oodgate.data.sets import ImageSet  # noqa: E402
 from oodgate.detectors.adascale import smallest_n_mask_bisection  # noqa: E402
 from oodgate.exporter import export  # noqa: E402
-from oodgate.exporter.parity import parity  # noqa: E402
+from oodgate.exporter.reference import parity  # noqa: E402
 from oodgate.runtime.onnx_graph import constant_values  # noqa: E402
 from tiny_models import TinyResNet, randomise_batch_norm  # noqa: E402
 
@@ -212,7 +212,7 @@ def test_ort_matches_autograd_reference_batch5(request: pytest.FixtureRequest, n
 @pytest.fixture(scope="module")
 def digits_a_scorer(digits_a: Family):
     """The exported x -> (z*, score, label) module (traced gradient branch), run in PyTorch."""
-    return digits_a.detector.graph_module(digits_a.split)
+    return digits_a.detector.graph_scorer(digits_a.split)
 
 
 def _graph_perturbation(scorer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 
 from tiny_models import TinyResNet, randomise_batch_norm  # noqa: E402
 
-from oodgate.exporter.gradient import (  # noqa: E402
+from oodgate.detectors.gradient import (  # noqa: E402
     ALLOWED_OPS,
     GradientTraceError,
     LogitsAndInputGradient,

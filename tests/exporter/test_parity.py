@@ -66,7 +66,7 @@ def test_digits_graph_matches_pytorch_at_batch_1_and_7(method, digits_calibratio
 def test_digits_graph_decisions_on_all_test_images(digits_calibration, digits_graph, digits_test,
                                                    assert_outputs_match):
     """All 397 real test digits: scores within 1e-4, decisions and labels agree; the model is accurate."""
-    from oodgate.exporter.parity import reference_outputs
+    from oodgate.exporter.reference import reference_outputs
     from oodgate.runtime import Session
 
     cal = digits_calibration("energy")
@@ -134,7 +134,7 @@ def test_efficientnet_graph_matches_pytorch_at_batch_1_and_7(method, efficientne
 
 
 def test_parity_passes_on_good_graph(digits_calibration, energy_graph, digits_test):
-    from oodgate.exporter.parity import parity
+    from oodgate.exporter.reference import parity
 
     cal = digits_calibration("energy")
     report = parity(energy_graph, cal.preprocess(digits_test.images[:40]), calibration=cal, providers=["cpu"],
@@ -150,7 +150,7 @@ def test_parity_passes_on_good_graph(digits_calibration, energy_graph, digits_te
 
 
 def test_parity_fails_on_perturbed_score(digits_calibration, perturbed_energy_graph, digits_test):
-    from oodgate.exporter.parity import parity
+    from oodgate.exporter.reference import parity
 
     cal = digits_calibration("energy")
     report = parity(perturbed_energy_graph, cal.preprocess(digits_test.images[:20]), calibration=cal)
@@ -165,7 +165,7 @@ def test_parity_fails_on_perturbed_score(digits_calibration, perturbed_energy_gr
 
 def test_parity_refuses_another_calibration(digits_calibration, energy_graph, digits_test):
     from oodgate import OodgateError
-    from oodgate.exporter.parity import parity
+    from oodgate.exporter.reference import parity
 
     x = digits_calibration("energy").preprocess(digits_test.images[:4])
     with pytest.raises(OodgateError, match="exported from another calibration"):
@@ -180,7 +180,7 @@ def test_parity_refuses_another_calibration(digits_calibration, energy_graph, di
 def test_parity_skips_missing_provider(digits_calibration, energy_graph, digits_test):
     import onnxruntime
 
-    from oodgate.exporter.parity import parity
+    from oodgate.exporter.reference import parity
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has CUDA: the provider is not missing")
@@ -208,7 +208,7 @@ def _outputs(score, logits=None, threshold=0.0):
 
 
 def test_compare_outputs_fails_only_where_both_atol_and_rtol_are_exceeded():
-    from oodgate.exporter.parity import compare_outputs
+    from oodgate.evaluation.parity import compare_outputs
 
     ref = _outputs([1000.0, 0.001, 10.0, -5.0], threshold=-100.0)
     got = {k: v.copy() for k, v in ref.items()}
@@ -228,7 +228,7 @@ def test_compare_outputs_fails_only_where_both_atol_and_rtol_are_exceeded():
 
 
 def test_compare_outputs_checks_logits_and_shapes():
-    from oodgate.exporter.parity import compare_outputs
+    from oodgate.evaluation.parity import compare_outputs
 
     ref = _outputs([1.0, 2.0])
     got = {k: v.copy() for k, v in ref.items()}
@@ -243,7 +243,7 @@ def test_compare_outputs_checks_logits_and_shapes():
 
 
 def test_compare_outputs_tolerates_decision_flips_only_within_the_margin():
-    from oodgate.exporter.parity import compare_outputs
+    from oodgate.evaluation.parity import compare_outputs
 
     tau = 2.0
     ref = _outputs([2.00001, 1.99999, 5.0, -3.0], threshold=tau)
@@ -261,7 +261,7 @@ def test_compare_outputs_tolerates_decision_flips_only_within_the_margin():
 
 
 def test_compare_outputs_label_mismatch_tolerated_only_on_ties():
-    from oodgate.exporter.parity import compare_outputs
+    from oodgate.evaluation.parity import compare_outputs
 
     logits = np.array([[3.0, 3.00001, 0.0], [0.0, 5.0, 1.0]], np.float32)
     ref = _outputs([1.0, 1.0], logits=logits)
@@ -279,7 +279,7 @@ def test_compare_outputs_label_mismatch_tolerated_only_on_ties():
 
 def test_reports_as_json_and_junit(digits_calibration, energy_graph, perturbed_energy_graph, digits_test, tmp_path):
     from oodgate import OodgateError
-    from oodgate.exporter.parity import parity
+    from oodgate.exporter.reference import parity
 
     cal = digits_calibration("energy")
     x = cal.preprocess(digits_test.images[:12])
@@ -303,7 +303,8 @@ def test_reports_as_json_and_junit(digits_calibration, energy_graph, perturbed_e
 def test_golden_file_round_trip_and_compare_without_calibration(digits_calibration, energy_graph,
                                                                 perturbed_energy_graph, digits_test, tmp_path):
     from oodgate import OodgateError
-    from oodgate.exporter.parity import load_golden, parity, reference_outputs, save_golden
+    from oodgate.evaluation.parity import load_golden, save_golden
+    from oodgate.exporter.reference import parity, reference_outputs
 
     cal = digits_calibration("energy")
     x = cal.preprocess(digits_test.images[:16])

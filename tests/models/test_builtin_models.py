@@ -40,7 +40,7 @@ def digits_bundle():
     spy = _TorchLoadSpy()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, "load", spy)
-        mp.setitem(sys.modules, "oodgate.models.train", None)  # importing the trainer would fail
+        mp.setitem(sys.modules, "oodgate.models.training", None)  # importing the trainer would fail
         mp.setattr(torch.optim.Optimizer, "step", _no_training)
         bundle = load_model("digits-cnn")
     return bundle, spy.calls

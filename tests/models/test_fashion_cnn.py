@@ -28,7 +28,7 @@ def test_weights_and_card_ship_small() -> None:
 
 
 def test_registered_and_loads_without_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    import oodgate.models.train as train
+    import oodgate.models.training as train
 
     def no_training(*a, **k):  # noqa: ANN002, ANN003
         raise AssertionError("loading the fashion CNN must not train")
@@ -64,5 +64,5 @@ def test_reaches_its_card_accuracy_on_test_subset() -> None:
 def test_missing_weights_say_how_to_make_them(tmp_path) -> None:  # noqa: ANN001
     from oodgate.errors import OodgateError
 
-    with pytest.raises(OodgateError, match="oodgate.models.train fashion"):
+    with pytest.raises(OodgateError, match="oodgate.models.training fashion"):
         fc.fashion_cnn(tmp_path / "none.pt")

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from oodgate.detectors import available_detectors
 from oodgate.errors import OodgateError
-from oodgate.runtime.drift import metric_drift
+from oodgate.evaluation.drift import metric_drift
 from oodgate.runtime.precision import PrecisionPlan, fp32_head_plan
 from oodgate.runtime.tensorrt import apply_precision_plan
 

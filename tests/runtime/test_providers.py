@@ -12,7 +12,8 @@ import pytest
 from oodgate.errors import OodgateError
 from oodgate.runtime import Session
 from oodgate.runtime.engine_cache import BatchProfile
-from oodgate.runtime.providers import (FP16_HEAD_WARNING, cuda_ep_options, open_session, ort_cache_dir,
+from oodgate.runtime.session import open_session  # noqa: E402
+from oodgate.runtime.providers import (FP16_HEAD_WARNING, cuda_ep_options, ort_cache_dir,
                                        parse_provider_spec, provider_options, tensorrt_ep_options)
 from oodgate.runtime.session import PROVIDER_NAMES, ProviderError, check_providers, resolve_providers
 

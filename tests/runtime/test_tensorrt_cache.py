@@ -208,7 +208,7 @@ def test_the_cache_needs_neither_tensorrt_nor_torch():
     import subprocess
 
     code = ("import sys, oodgate.runtime.engine_cache, oodgate.runtime.tensorrt, oodgate.runtime.precision, "
-            "oodgate.runtime.trt_audit, oodgate.runtime.providers, oodgate.runtime.drift; "
+            "oodgate.runtime.trt_audit, oodgate.runtime.providers, oodgate.evaluation.drift; "
             "bad = [m for m in ('tensorrt', 'torch', 'cuda', 'onnxruntime') if m in sys.modules]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from oodgate.runtime import Session
-from oodgate.runtime.providers import open_session
+from oodgate.runtime.session import open_session
 from oodgate.runtime.session import ProviderError, resolve_providers
 from oodgate.runtime.tensorrt import tensorrt_unavailable_reason
 
@@ -39,7 +39,7 @@ def test_trt_native_without_tensorrt_is_a_clear_error(energy_graph):
 
 @without_tensorrt
 def test_parity_skips_trt_native_with_the_reason(energy_graph, digits_calibration):
-    from oodgate.exporter.parity import parity
+    from oodgate.exporter.reference import parity
 
     cal = digits_calibration("energy")
     x = np.random.default_rng(0).normal(size=(4, 1, 16, 16)).astype(np.float32)
@@ -70,7 +70,7 @@ def test_fp32_engine_matches_onnx_runtime_and_is_cached(energy_graph, digits_tes
 @pytest.mark.gpu
 @needs_tensorrt
 def test_fp16_engine_keeps_the_scale_head_finite(digits_graph, digits_test, tmp_path):
-    from oodgate.runtime.drift import metric_drift
+    from oodgate.evaluation.drift import metric_drift
 
     graph = digits_graph("scale")
     with Session(graph, providers="cpu") as ref_sess:

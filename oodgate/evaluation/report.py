@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from ._version import __version__
-from .errors import OodgateError
-from .files import write_atomic
-from .evaluation import Evaluation, metrics_table
+from .._version import __version__
+from ..errors import OodgateError
+from ..detectors.threshold import fit_threshold
+from ..files import write_atomic
+from .evaluate import Evaluation, metrics_table
 
 #: every PNG is drawn at this size in inches and dots per inch: PLOT_PIXELS = (width, height) in pixels
 PLOT_SIZE = (6.4, 4.0)
@@ -40,19 +41,8 @@ REPORT_FORMAT = "oodgate-report/1"
 # -- thresholds: what another tau would do -----------------------------------------------------------------------
 
 
-def threshold_at_tpr(id_scores: Any, tpr: float) -> float:
-    """tau such that ``score >= tau`` keeps the share ``tpr`` of ``id_scores`` (the rule of calibrate's threshold).
-
-    tau is the order statistic at floor((1 - tpr) * n), as ``oodgate.calibration.fit_threshold`` (repeated here so
-    that reports need no torch).
-    """
-    if isinstance(tpr, bool) or not isinstance(tpr, (int, float)) or not 0 < tpr <= 1:
-        raise OodgateError(f"target TPR must be in (0, 1], got {tpr!r} (e.g. 0.95 keeps 95 % of ID)")
-    scores = np.sort(np.asarray(id_scores, dtype=np.float64).ravel())
-    if scores.size == 0:
-        raise OodgateError("no ID scores to place a threshold on: score at least one ID sample")
-    rejected = int(math.floor((1.0 - tpr) * scores.size + 1e-9))
-    return float(scores[rejected])
+#: tau that keeps the share tpr of ID scores: the calibration's own rule (one implementation, torch-free)
+threshold_at_tpr = fit_threshold
 
 
 @dataclass
@@ -411,7 +401,7 @@ def write_report(evaluations: Evaluation | Sequence[Evaluation], folder: str | P
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for name, payload in rendered.items():
-        write_atomic(out / name, payload, overwrite=True)
+        write_atomic(out / name, payload, overwrite=overwrite)
         files.append(out / name)
     return Report(out, files, options, data)
 

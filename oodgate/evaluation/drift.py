@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OodgateError
-from ..metrics import auroc, fpr_at_tpr, fpr_at_tpr_ood_positive
+from .metrics import auroc, fpr_at_tpr, fpr_at_tpr_ood_positive
 
 METRICS = ("auroc", "fpr95_id_positive", "fpr95_ood_positive")
 

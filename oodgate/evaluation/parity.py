@@ -1,4 +1,5 @@
-"""Parity for CI: the same real inputs through the PyTorch reference and each runtime, compared per output.
+"""Parity for CI: the same real inputs through each runtime, compared per output with reference outputs (a golden
+file, or the PyTorch reference computed by ``oodgate.exporter.reference``). No torch here.
 
 Convention (Polygraphy's): an element fails only where BOTH |a - b| > atol and |a - b| > rtol * |ref|.
 Decisions (is_ood) must agree for every sample whose reference score is further than ``margin`` from tau;
@@ -16,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import OodgateError, ProviderError
 from ..files import write_atomic
-from ..errors import OodgateError
-from .graph import OUTPUT_NAMES
+from ..runtime.metadata import OUTPUT_NAMES
+from .drift import metric_drift
 
 GOLDEN_FORMAT = "oodgate-golden"
 
@@ -188,58 +190,28 @@ def runtime_label(provider: str) -> str:
 
 def run_runtime(graph: str | Path, provider: str, inputs: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Outputs of the graph under one runtime (a provider spec such as 'cpu' or 'trt-native:fp16'), batched."""
-    from ..runtime.providers import open_session
+    from ..runtime.session import Session
 
-    with open_session(graph, provider) as sess:
+    with Session(graph, provider) as sess:
         outs = [sess.run_array(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
     return {k: np.concatenate([o[k] for o in outs]) for k in OUTPUT_NAMES}
 
 
-def reference_outputs(calibration: Any, inputs: np.ndarray, *, model: Any = None, device: str = "cpu",
-                      batch_size: int = 32) -> dict[str, np.ndarray]:
-    """The PyTorch reference (the exported module itself, eager) on preprocessed inputs."""
-    import torch
+def parity(graph: str | Path, inputs: np.ndarray | None = None, *, golden: str | Path | None = None,
+           reference: dict[str, np.ndarray] | None = None, reference_name: str = "reference",
+           reference_hash: str | None = None, providers: list[str] | None = None, atol: float = 1e-4,
+           rtol: float = 1e-4, margin: float | None = None, batch_size: int = 32, ood_inputs: np.ndarray | None = None,
+           metric_tol: float = 0.005) -> ParityReport:
+    """Compare each runtime's outputs of ``graph`` with a golden file or with given ``reference`` outputs. No torch.
 
-    from ..models import split_classifier
-    from .graph import build_graph_module
-
-    split = split_classifier(model, head=calibration.model_head) if model is not None else calibration.model()
-    module = build_graph_module(calibration, split).to(device)
-    outs = []
-    for i in range(0, len(inputs), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(inputs[i:i + batch_size], dtype=np.float32)).to(device)
-        with torch.no_grad():
-            o = module(x)
-        outs.append([t.detach().cpu().numpy() for t in o])
-    return {name: np.concatenate([o[k] for o in outs]) for k, name in enumerate(OUTPUT_NAMES)}
-
-
-def default_reference_device() -> str:
-    """'cuda' when PyTorch sees a GPU (TF32 off, so the reference stays FP32), else 'cpu'."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        return "cuda"
-    return "cpu"
-
-
-def parity(graph: str | Path, inputs: np.ndarray | None, *, calibration: Any = None,
-           golden: str | Path | None = None, providers: list[str] | None = None, atol: float = 1e-4,
-           rtol: float = 1e-4, margin: float | None = None, batch_size: int = 32, model: Any = None,
-           ood_inputs: np.ndarray | None = None, metric_tol: float = 0.005,
-           reference_device: str | None = None) -> ParityReport:
-    """Compare each runtime's outputs of ``graph`` with the PyTorch reference (``calibration``) or a golden file.
-
-    With ``ood_inputs`` (real OOD images, preprocessed), each runtime's change of AUROC / FPR95 against the
-    reference is reported too; for reduced-precision runtimes ('…fp16') that metric drift (at most
-    ``metric_tol``, a fraction) is the pass criterion instead of element-wise tolerances.
+    ``reference``: outputs on ``inputs`` followed by ``ood_inputs`` (``oodgate.exporter.reference`` computes them
+    with PyTorch); ``reference_hash``: the calibration hash they were made from, checked against the graph's. With
+    ``ood_inputs`` (real OOD images, preprocessed), each runtime's change of AUROC / FPR95 against the reference is
+    reported too; for reduced-precision runtimes ('…fp16') that metric drift (at most ``metric_tol``, a fraction)
+    is the pass criterion instead of element-wise tolerances.
     """
-    from ..runtime import read_graph_info
-    from ..runtime.drift import metric_drift
-    from ..runtime.providers import parse_provider_spec
-    from ..runtime.session import ProviderError, resolve_providers
+    from ..runtime.metadata import read_graph_info
+    from ..runtime.providers import parse_provider_spec, resolve_providers
 
     info = read_graph_info(graph)
     n_ood = 0
@@ -248,11 +220,11 @@ def parity(graph: str | Path, inputs: np.ndarray | None, *, calibration: Any = N
         if ghash != info.calibration_hash:
             raise OodgateError(f"golden file {golden} was made for another calibration ({ghash[:12]}…), the graph "
                                f"has {info.calibration_hash[:12]}…: re-create it with --save-golden")
-        reference = f"golden {Path(golden).name}"
+        reference_name = f"golden {Path(golden).name}"
     else:
-        if calibration is None:
+        if reference is None:
             raise OodgateError("parity needs the calibration (PyTorch reference) or a golden file (--golden)")
-        if calibration.checksum() != info.calibration_hash:
+        if reference_hash is not None and reference_hash != info.calibration_hash:
             raise OodgateError(f"{graph} was exported from another calibration than the one given: "
                                "pass the calibration file it was exported from")
         if inputs is None or len(inputs) == 0:
@@ -260,12 +232,13 @@ def parity(graph: str | Path, inputs: np.ndarray | None, *, calibration: Any = N
         if ood_inputs is not None and len(ood_inputs):
             n_ood = len(ood_inputs)
             inputs = np.concatenate([inputs, ood_inputs])
-        device = reference_device or default_reference_device()
-        ref = reference_outputs(calibration, inputs, model=model, batch_size=batch_size, device=device)
-        reference = f"pytorch-{device}"
+        if any(len(v) != len(inputs) for v in reference.values()):
+            raise OodgateError(f"the reference outputs cover {len(next(iter(reference.values())))} inputs, not "
+                               f"{len(inputs)}: compute them on the inputs followed by the OOD inputs")
+        ref = reference
     if margin is None:
         margin = max(atol, rtol * abs(info.threshold)) * 10
-    report = ParityReport(str(graph), reference, int(len(inputs)), atol, rtol, margin, info.threshold, n_ood,
+    report = ParityReport(str(graph), reference_name, int(len(inputs)), atol, rtol, margin, info.threshold, n_ood,
                           metric_tol)
     for provider in providers or ["cpu"]:
         label = runtime_label(provider)

@@ -49,6 +49,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
+from ..errors import GradientTraceError, OodgateError, UnsupportedLayerError
+
 __all__ = [
     "ALLOWED_OPS",
     "GradientTraceError",
@@ -68,14 +70,6 @@ _CHECK_BATCHES = (1, 3)
 #: the float64 self-check's bound on ||grad - autograd|| / ||autograd|| per sample (float64 noise of a deep net
 #: on inputs far from the data stays below 1e-6; a wrong decomposition gives order 1)
 _CHECK_RTOL = 1e-5
-
-
-class UnsupportedLayerError(ValueError):
-    """A layer or op of the model cannot be part of the exported gradient branch."""
-
-
-class GradientTraceError(RuntimeError):
-    """The traced gradient graph disagrees with eager autograd (a bug in a decomposition)."""
 
 
 #: Ops allowed in the traced graph: ATen ops that torch.onnx (dynamo, opset 18) translates, directly or through
@@ -851,7 +845,7 @@ class LogitsAndInputGradient(nn.Module):
         """Logits and the predicted-class logit's input gradient for a batch of the traced (C, H, W)."""
         if x.dim() != 1 + len(self.input_shape) or tuple(x.shape[1:]) != self.input_shape:
             expected = ", ".join(str(s) for s in self.input_shape)
-            raise ValueError(
+            raise OodgateError(
                 f"the gradient branch was traced for inputs of shape (N, {expected}), got {tuple(x.shape)}: "
                 f"channels/height/width are fixed per trace; trace again for another input size")
         if x.dtype != torch.float32:  # e.g. the float64 reference: the model was converted with .double()
@@ -886,7 +880,7 @@ def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
     """
     if not isinstance(example, torch.Tensor) or example.dim() != 4 or not example.is_floating_point():
         got = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-        raise ValueError(f"example must be a floating-point (N, C, H, W) tensor, got {got}")
+        raise OodgateError(f"example must be a floating-point (N, C, H, W) tensor, got {got}")
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     state = dict(frozen.named_parameters()) | dict(frozen.named_buffers())
     probe = example[:1].detach()
@@ -896,7 +890,7 @@ def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or not out.is_floating_point():
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model must map (N, C, H, W) to logits (N, K), got {got}")
+        raise OodgateError(f"the model must map (N, C, H, W) to logits (N, K), got {got}")
     try:
         graph = _trace(frozen, state, example)
     except UnsupportedLayerError:
@@ -912,7 +906,7 @@ def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
         found = _innermost_culprit(frozen, probe, lambda local: local is not None and op in _unsupported_ops(local))
         raise UnsupportedLayerError(
             f"{op} is not supported in the exported gradient branch (from {_describe(found, frozen)}): the ONNX "
-            f"exporter cannot translate it and oodgate.exporter.gradient has no decomposition for it; "
+            f"exporter cannot translate it and oodgate.detectors.gradient has no decomposition for it; "
             f"unsupported ops in this model: {', '.join(unsupported)}")
     module = LogitsAndInputGradient(frozen, graph, list(state), tuple(example.shape[1:]))
     if check:

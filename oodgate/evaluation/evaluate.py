@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .errors import OodgateError
+from ..errors import OodgateError
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Evaluation:
 def score_set(session: Any, name: str, images: Any, labels: np.ndarray | None = None, *,
               batch_size: int = 64, progress: bool | None = None) -> SetScores:
     """Run one set of images through an oodgate Session, batch by batch, with a progress bar."""
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     if len(images) == 0:
         raise OodgateError(f"set {name!r} holds no images: give at least one")

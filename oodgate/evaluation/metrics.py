@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OodgateError
+from ..errors import OodgateError
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 1.x names it trapz
 

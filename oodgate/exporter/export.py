@@ -1,0 +1,165 @@
+"""export(): one ONNX graph = backbone + detector head (+ threshold), with oodgate metadata, checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..calibration.artifact import Calibration
+from ..errors import ExportError, OodgateError
+from ..files import atomic_output, companion_temp
+from ..models.split import split_classifier
+from ..runtime.metadata import GRAPH_FORMAT, GRAPH_FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from .graph import OodgateGraph, build_graph_module
+from .onnx_export import export_onnx
+
+#: protobuf's 2 GB limit: larger models keep their weights in an external data file next to the graph
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+@dataclass
+class ExportResult:
+    """Where the graph went, what it contains and how well ONNX Runtime matched PyTorch at export time."""
+
+    path: Path
+    method: str
+    threshold: float
+    input_shape: tuple[int, int, int]
+    seconds: float
+    max_score_diff: float | None = None
+    ops: dict[str, int] = field(default_factory=dict)
+    #: the external data file (weights) beside the graph, for models above EXTERNAL_DATA_BYTES
+    external_data: Path | None = None
+
+
+def graph_metadata(calibration: Calibration, input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """The JSON stored under the graph's 'oodgate' metadata key."""
+    return {
+        "format": GRAPH_FORMAT, "format_version": GRAPH_FORMAT_VERSION, "oodgate_version": __version__,
+        "method": calibration.method, "params": calibration.params, "info": calibration.info,
+        "threshold": calibration.threshold, "tpr": calibration.tpr, "preprocess": calibration.preprocess.to_dict(),
+        "class_names": calibration.class_names, "input_name": INPUT_NAME, "input_shape": list(input_shape),
+        "outputs": list(OUTPUT_NAMES), "calibration_hash": calibration.checksum(),
+        "data_fingerprint": calibration.data_fingerprint, "model_ref": calibration.model_ref,
+        "score_orientation": "higher = in-distribution; is_ood = score < threshold",
+    }
+
+
+def _external_tensors(proto: Any) -> list[Any]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+
+
+def _set_location(tensors: list[Any], location: str) -> None:
+    for t in tensors:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+
+
+def export(calibration: Calibration, path: str | Path, *, model: Any = None, opset: int = 18,
+           overwrite: bool = False, check: bool = True, check_inputs: np.ndarray | None = None,
+           atol: float = 1e-4, rtol: float = 1e-4) -> ExportResult:
+    """Export ``calibration`` (backbone + detector head + threshold) to one ONNX graph at ``path``.
+
+    The graph is checked with onnx.checker (full_check) and, with ``check``, run by ONNX Runtime against the
+    PyTorch reference on inputs other than the export example; only then is it published (with its external data
+    file ``<path>.data`` for models above 1.8 GB), never over an existing file unless ``overwrite``.
+    """
+    import onnx
+
+    path = Path(path)
+    data_path = path.with_name(path.name + ".data")
+    for target in (path, data_path):
+        if target.exists() and not overwrite:
+            raise OodgateError(f"{target} exists: choose another path or overwrite it (--force / overwrite=True)")
+    if not path.parent.is_dir():
+        raise OodgateError(f"cannot write {path}: folder {path.parent} does not exist")
+    if opset < 18:
+        raise OodgateError(f"opset {opset} is too old: oodgate exports with opset >= 18")
+    t0 = time.perf_counter()
+    split = split_classifier(model, head=calibration.model_head) if model is not None else calibration.model()
+    module = build_graph_module(calibration, split)
+    input_shape = calibration.preprocess.input_shape
+    gen = torch.Generator().manual_seed(1234)
+    example = torch.randn((2, *input_shape), generator=gen)
+    program = export_onnx(module, example, opset=opset, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
+    n_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers())
+    external = n_bytes > EXTERNAL_DATA_BYTES
+
+    with atomic_output(path, overwrite=overwrite, companions=[data_path]) as tmp:
+        data_tmp = companion_temp(tmp, data_path)
+        raw_data = tmp.with_name(tmp.name + ".data")  # where torch.onnx writes external data next to tmp
+        try:
+            program.save(str(tmp), external_data=external)
+            proto = onnx.load(str(tmp), load_external_data=False)
+            tensors = _external_tensors(proto)
+            locations = {e.value for t in tensors for e in t.external_data if e.key == "location"}
+            if len(locations) > 1:
+                raise ExportError(f"torch.onnx wrote the weights into {len(locations)} external files; oodgate "
+                                  "publishes one (<graph>.data)")
+            if locations:
+                os.replace(tmp.parent / locations.pop(), data_tmp)
+                _set_location(tensors, data_tmp.name)
+        finally:
+            raw_data.unlink(missing_ok=True)
+        meta = graph_metadata(calibration, input_shape)
+        del proto.metadata_props[:]
+        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
+        proto.metadata_props.add(key="oodgate.method", value=calibration.method)
+        proto.metadata_props.add(key="oodgate.threshold", value=repr(calibration.threshold))
+        proto.producer_name, proto.producer_version = "oodgate", __version__
+        proto.doc_string = (f"oodgate {calibration.method} OOD gate: outputs logits, score (higher = ID), "
+                            f"is_ood (score < {calibration.threshold:.6g}), label")
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        ops: dict[str, int] = {}
+        for node in proto.graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        result = ExportResult(path, calibration.method, calibration.threshold, input_shape, 0.0, ops=ops,
+                              external_data=data_path if tensors else None)
+        if check:
+            if check_inputs is None:
+                check_inputs = torch.randn((3, *input_shape), generator=gen).numpy()
+            result.max_score_diff = check_against_reference(tmp, module, check_inputs, atol=atol, rtol=rtol)
+        if tensors:  # the published graph names its data file by the published name
+            _set_location(tensors, data_path.name)
+            onnx.save(proto, str(tmp))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@torch.no_grad()
+def check_against_reference(graph_path: str | Path, module: OodgateGraph, inputs: np.ndarray, *, atol: float,
+                            rtol: float) -> float:
+    """Run the graph with ONNX Runtime (CPU) and the module with PyTorch; raise ExportError on a mismatch.
+
+    Returns the largest absolute score difference.
+    """
+    from ..runtime.session import ort_session
+
+    sess = ort_session(str(graph_path), ["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})
+    ref = [t.numpy() for t in module(torch.from_numpy(np.asarray(inputs, dtype=np.float32)))]
+    diff = np.abs(got[1].astype(np.float64) - ref[1])
+    bad = diff > atol + rtol * np.abs(ref[1])
+    if np.any(bad):
+        raise ExportError(f"ONNX Runtime disagrees with PyTorch on the score: max |diff| {diff.max():.3g} "
+                          f"(atol {atol}, rtol {rtol}) on {int(bad.sum())} of {len(diff)} samples")
+    margin = np.abs(ref[1] - float(module.threshold)) > atol + rtol * np.abs(ref[1])
+    if np.any((got[2] != ref[2]) & margin):
+        raise ExportError("ONNX Runtime and PyTorch disagree on is_ood away from the threshold")
+    return float(diff.max()) if diff.size else 0.0
+
+
+__all__ = ["EXTERNAL_DATA_BYTES", "ExportResult", "check_against_reference", "export", "graph_metadata"]
