@@ -15,9 +15,10 @@ core ATen ops. The backward ops that the ONNX exporter does not translate are de
 
 - ``roll`` -> two slices and a concat per axis (Swin's cyclic shift; PyTorch's own gathers with fmod indices).
 
-While tracing, two ``torch.nn.functional`` entries are their plain formulas (``_plain_functional``):
+While tracing, three ``torch.nn.functional`` entries are their plain formulas (``_plain_functional``):
 ``scaled_dot_product_attention`` (matmul-softmax-matmul: the fused kernels' backward ops have no ONNX
-translation) and ``linear`` (ATen's C++ linear folds (N, L, D) inputs with the example's concrete batch size).
+translation), ``linear`` (ATen's C++ linear folds (N, L, D) inputs with the example's concrete batch size) and
+``layer_norm`` (its backward needs LayerNormalization's Mean/InvStdDev outputs, which TensorRT rejects).
 After tracing, memory-layout-only ops (``as_strided`` restrides, ``new_empty_strided``, ``lift_fresh_copy``)
 become reshapes / empties / clones and dead code is dropped (``_drop_layout_ops``).
 
@@ -456,6 +457,25 @@ def _sdpa_math(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn
     return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 
+def _layer_norm_plain(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm as mean, biased variance, rsqrt, scale and shift.
+
+    ``native_layer_norm``'s backward reads its saved mean and 1/std, which export as LayerNormalization's
+    second and third outputs; TensorRT's ONNX parser supports only the first (Y). The formula's backward is
+    elementwise ops and reductions. (The second forward pass of AdaSCALE keeps nn.LayerNorm: Y only.)
+    """
+    dims = tuple(range(-len(normalized_shape), 0))
+    mean = x.mean(dims, keepdim=True)
+    centred = x - mean
+    y = centred * torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
 def _linear_plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Linear as a 2-D matmul of the flattened leading axes, reshaped back.
 
@@ -474,10 +494,11 @@ def _linear_plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 #: torch.nn.functional entries replaced by plain formulas while tracing (looked up at call time by
-#: nn.Linear, nn.MultiheadAttention, torchvision's ViT / Swin and timm's layers)
+#: nn.Linear, nn.LayerNorm, nn.MultiheadAttention, torchvision's LayerNorm2d / ViT / Swin and timm's layers)
 _PLAIN_FUNCTIONAL: dict[str, Callable[..., Any]] = {
     "scaled_dot_product_attention": _sdpa_math,
     "linear": _linear_plain,
+    "layer_norm": _layer_norm_plain,
 }
 
 
@@ -485,8 +506,8 @@ _PLAIN_FUNCTIONAL: dict[str, Callable[..., Any]] = {
 def _plain_functional() -> Iterator[None]:
     """While tracing, the torch.nn.functional ops of _PLAIN_FUNCTIONAL are their textbook formulas.
 
-    Patched at the Python level: the fused attention kernels are chosen, and linear's batch size leaks,
-    below autograd, where a decomposition table cannot reach them.
+    Patched at the Python level: the fused attention kernels are chosen, linear's batch size leaks and
+    layer_norm's saved statistics are made below autograd, where a decomposition table cannot reach them.
     """
     import torch.nn.functional as functional
 

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - the test deps are missing
     pytest.skip("torchvision is not installed: pip install --no-deps torchvision==0.28.0", allow_module_level=True)
 
 from oodgate.detectors.adascale import AdaSCALEHead, _LogitsAndFeatures, _n_selected, smallest_n_mask_bisection  # noqa: E402
-from oodgate.exporter.gradient import export_gradient_onnx, trace_logits_and_input_gradient  # noqa: E402
+from oodgate.detectors.gradient import export_gradient_onnx, trace_logits_and_input_gradient  # noqa: E402
 from oodgate.models import split_classifier  # noqa: E402
 from oodgate.models.split import nonnegative_share  # noqa: E402
 from oodgate.noise_floor import compare_to_floor  # noqa: E402

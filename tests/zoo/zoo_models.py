@@ -122,12 +122,13 @@ def _convnext_small(k: int) -> nn.Module:
 
 
 def _vit_small(k: int) -> nn.Module:
-    return _tv().vision_transformer.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+    return _tv().vision_transformer.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=4,
                                                       hidden_dim=64, mlp_dim=128, num_classes=k)
 
 
 def _swin_small(k: int) -> nn.Module:
-    return _tv().swin_transformer.SwinTransformer(patch_size=[2, 2], embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+    # one stage of two blocks: the second one shifts its windows (roll + attention mask)
+    return _tv().swin_transformer.SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2], num_heads=[2],
                                                   window_size=[4, 4], stochastic_depth_prob=0.2, num_classes=k)
 
 
@@ -170,7 +171,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("swin_t", _full("swin_t"), _swin_small, 32,
            "final LayerNorm, permuted, global average pool (768): signed", False),
     Family("timm_vit_tiny", _timm("vit_tiny_patch16_224"),
-           _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2), 32,
+           _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, embed_dim=64, num_heads=2), 32,
            "the class token after the final LayerNorm (192): signed", False, source="timm"),
     Family("timm_convnext_atto", _timm("convnext_atto"),
            _timm("convnext_atto", depths=(1, 1, 1, 1), dims=(24, 48, 96, 192)), 64,
