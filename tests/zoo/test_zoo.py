@@ -15,6 +15,7 @@ Needs torchvision (and timm for the timm families): ``pip install --no-deps torc
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,16 @@ from oodgate.detectors.adascale import AdaSCALEHead, _LogitsAndFeatures, _n_sele
 from oodgate.detectors.gradient import export_gradient_onnx, trace_logits_and_input_gradient  # noqa: E402
 from oodgate.models import split_classifier  # noqa: E402
 from oodgate.models.split import nonnegative_share  # noqa: E402
-from oodgate.noise_floor import compare_to_floor  # noqa: E402
+from oodgate.evaluation.parity import compare_to_floor  # noqa: E402
 from oodgate.runtime.trt_audit import audit_graph, format_findings, has_errors  # noqa: E402
 
-TIMM = ("timm_vit_tiny", "timm_convnext_atto")
+#: families whose whole AdaSCALE computation runs in CI, one per kind of layer in the gradient branch: max-pool +
+#: bottleneck (ResNet-50), SiLU + squeeze-excitation + stochastic depth (EfficientNet-B0), Hardswish/Hardsigmoid
+#: (MobileNetV3), channels-last LayerNorm + GELU (ConvNeXt), multi-head attention + class token + patch embedding
+#: (ViT), shifted windows (Swin). OODGATE_ZOO=all runs it on every family.
+ADASCALE_CI = ("resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "vit_b_16", "swin_t")
+ADASCALE_FAMILIES = list(zoo.FAMILIES) if os.environ.get("OODGATE_ZOO") == "all" else list(ADASCALE_CI)
+FORWARD_FAMILIES = [name for name in zoo.FAMILIES if name not in ADASCALE_FAMILIES]
 N_ID, N_OOD = 6, 6
 EXPECTED_HEADS = {
     "resnet18": "fc", "resnet50": "fc", "resnext50_32x4d": "fc", "wide_resnet50_2": "fc", "regnet_y_400mf": "fc",
@@ -130,7 +137,7 @@ def test_head_discovery_and_feature_sign(name: str) -> None:
     assert (share == 1.0) == family.nonnegative, f"{name}: {share:.3f} of h >= 0"
 
 
-@pytest.mark.parametrize("name", list(zoo.FAMILIES))
+@pytest.mark.parametrize("name", ADASCALE_FAMILIES)
 def test_adascale_graph_matches_float64(name: str, family_graphs) -> None:
     """ONNX Runtime's logits, h, gradient, mask, Q' and score within the noise floor of float64; TRT audit passes."""
     _skip_missing(name)
@@ -164,3 +171,98 @@ def test_adascale_graph_matches_float64(name: str, family_graphs) -> None:
         assert rel.max() <= 2e-2, f"{name} {output}: max relative diff {rel.max():.3g} to float64"
     findings = audit_graph(str(path))
     assert not has_errors(findings), f"{name}: TensorRT audit: {format_findings(findings)}"
+
+
+@pytest.fixture(scope="module")
+def forward_graphs(tmp_path_factory):
+    """name -> (split as x -> (logits, h), graph path, real inputs (ID then OOD))."""
+    cache: dict[str, tuple[nn.Module, Path, np.ndarray]] = {}
+    folder = tmp_path_factory.mktemp("zoo_forward")
+
+    def get(name: str):
+        if name not in cache:
+            model, size = zoo.build(name)
+            module = _LogitsAndFeatures(split_classifier(model)).eval()
+            ids, _ = zoo.id_images(N_ID, size, offset=1000)
+            inputs = zoo.normalise(np.concatenate([ids, zoo.ood_images(N_OOD, size, seed=3)]))
+            path = folder / f"{name}.onnx"
+            export_gradient_onnx(module, torch.from_numpy(inputs[:2]), path, output_names=("logits", "h"))
+            cache[name] = (module, path, inputs)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", FORWARD_FAMILIES)
+def test_forward_graph_matches_float64(name: str, forward_graphs) -> None:
+    """The single-pass graph (logits and h) of the other families within the noise floor; TRT audit passes."""
+    _skip_missing(name)
+    module, path, inputs = forward_graphs(name)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip(("logits", "h"), sess.run(None, {sess.get_inputs()[0].name: inputs})))
+    with torch.no_grad():
+        ref32 = dict(zip(("logits", "h"), (t.numpy() for t in module(torch.from_numpy(inputs)))))
+        ref64 = dict(zip(("logits", "h"), (t.numpy() for t in copy.deepcopy(module).double()(
+            torch.from_numpy(inputs).double()))))
+    for output in ("logits", "h"):
+        cmp = compare_to_floor(output, got[output], ref32[output], ref64[output])
+        assert cmp.passed, f"{name} {output}: {cmp}"
+    assert (got["logits"].argmax(1) == ref64["logits"].argmax(1)).all()
+    findings = audit_graph(str(path))
+    assert not has_errors(findings), f"{name}: TensorRT audit: {format_findings(findings)}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The library route: calibrate -> export (noise-floor check) -> parity against float64, with OOD drift
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, method", [("resnet50", "ash_s"), ("efficientnet_b0", "energy"),
+                                          ("vit_b_16", "adascale_a")])
+def test_calibrate_export_parity(name: str, method: str, tmp_path: Path) -> None:
+    """The cells that failed a fixed 1e-4 parity (ResNet-50 ASH-S, EfficientNet) and AdaSCALE on ViT pass the
+    noise-floor criterion in export() and in parity(); AdaSCALE's AUROC/FPR95 drift stays within 0.5 point."""
+    import oodgate
+    from oodgate.data import ImageSet, Preprocess
+    from oodgate.errors import FeatureSignWarning
+    from oodgate.exporter.reference import parity
+
+    model, size = zoo.build(name)
+    ids, labels = zoo.id_images(60 + N_ID * 2, size, offset=3000)
+    pre = Preprocess(channels="RGB", resize=(size, size), mean=zoo.MEAN, std=zoo.STD)
+    signed = not zoo.FAMILIES[name].nonnegative
+    with pytest.warns(FeatureSignWarning) if signed else _no_sign_warning():
+        cal = oodgate.calibrate(model, ImageSet("fmnist", ids[:60], labels[:60]), method=method, preprocess=pre,
+                                progress=False, batch_size=32)
+    assert ("warning:" in cal.summary()) == signed
+    result = oodgate.export(cal, tmp_path / "g.onnx", model=model)
+    assert result.max_score_diff is not None
+    test_id = zoo.normalise(ids[60:])
+    test_ood = zoo.normalise(zoo.ood_images(N_OOD * 2, size, seed=11))
+    report = parity(result.path, test_id, calibration=cal, model=model, ood_inputs=test_ood, batch_size=8)
+    runtime = report.runtimes[0]
+    assert report.passed, report.table()
+    assert runtime.floor is not None and runtime.floor["passed"]
+    if method.startswith("adascale"):
+        assert not runtime.floor["outputs_judged"]
+        assert max(abs(v) for v in runtime.drift["delta"].values()) <= 0.005, runtime.drift
+    else:
+        for output in runtime.floor["outputs"]:
+            assert output["graph_error"] <= output["bound"]
+
+
+class _no_sign_warning:
+    """Context manager: fail if a FeatureSignWarning is raised inside."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings(record=True)
+        self._records = self._catch.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        from oodgate.errors import FeatureSignWarning
+
+        self._catch.__exit__(*exc)
+        assert not [r for r in self._records if issubclass(r.category, FeatureSignWarning)]
+        return False
