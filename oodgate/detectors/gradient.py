@@ -570,6 +570,31 @@ def _restride_kind(node: torch.fx.Node) -> str | None:
     return None
 
 
+def _broadcast_copy(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
+    """copy(dst, src) with a src that broadcasts (``mask[h0:h1, w0:w1] = count`` in Swin) -> expand(src) in
+    dst's dtype: the ONNX exporter translates copy as src itself, dropping the broadcast (a 0-d tensor where a
+    (4, 4) one belongs, which ONNX Runtime then rejects). True when the node was replaced."""
+    dst, src = node.args[0], node.args[1]
+    dst_val = dst.meta.get("val") if isinstance(dst, torch.fx.Node) else None
+    src_val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+    if not isinstance(dst_val, torch.Tensor) or not isinstance(src_val, torch.Tensor):
+        return False
+    if [str(d) for d in src_val.shape] == [str(d) for d in dst_val.shape]:
+        return False
+    if not all(isinstance(d, int) for d in dst_val.shape):
+        return False
+    with graph.inserting_before(node):
+        value = src
+        if src_val.dtype != dst_val.dtype:
+            value = graph.call_function(aten._to_copy.default, (src,), {"dtype": dst_val.dtype})
+        new = graph.call_function(aten.clone.default, (
+            graph.call_function(aten.expand.default, (value, [int(d) for d in dst_val.shape])),))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return True
+
+
 def _drop_layout_ops(graph_module: torch.fx.GraphModule) -> None:
     """Remove what only concerns memory layout (no such thing in ONNX), in place:
 
@@ -579,6 +604,8 @@ def _drop_layout_ops(graph_module: torch.fx.GraphModule) -> None:
     - ``new_empty_strided`` -> ``empty`` (its strides are only a layout); ``lift_fresh_copy`` (a tensor
       constant made in forward, e.g. Swin's attention mask) -> ``clone``;
     - ``view`` -> ``reshape`` (the same in ONNX; eagerly, real tensors may have a layout the fake ones had not);
+    - 0-d tensor constants -> ``scalar_tensor`` (``_inline_scalar_constants``); broadcasting ``copy`` -> expand
+      (``_broadcast_copy``);
     - dead code (e.g. ``aten.size`` of a constant whose result is unused).
     """
     graph = graph_module.graph
@@ -596,6 +623,8 @@ def _drop_layout_ops(graph_module: torch.fx.GraphModule) -> None:
                 new.meta = dict(node.meta)
                 node.replace_all_uses_with(new)
                 graph.erase_node(node)
+        elif node.target is aten.copy.default and _broadcast_copy(graph, node):
+            pass
         elif node.target in (aten.view.default, aten._unsafe_view.default):
             # a view traced from reshape on a fake tensor that was contiguous; run eagerly on real tensors, the
             # input may have another layout (e.g. oneDNN's channels-last convolution outputs at some batch
@@ -613,7 +642,29 @@ def _drop_layout_ops(graph_module: torch.fx.GraphModule) -> None:
             node.replace_all_uses_with(new)
             graph.erase_node(node)
     graph.eliminate_dead_code()
+    _inline_scalar_constants(graph_module)
     graph_module.recompile()
+
+
+def _inline_scalar_constants(graph_module: torch.fx.GraphModule) -> None:
+    """0-d tensor constants of the traced graph (``torch.tensor(c)`` in a model's forward, e.g. Swin's shifted-
+    window mask counts) as ``scalar_tensor`` ops: make_fx keeps them as buffers named '_tensor_constant<i>' of the
+    GraphModule, which torch.export cannot resolve inside a nested GraphModule ('references nonexistent attribute
+    _tensor_constant0'). Larger constants (e.g. max-pool's one-hot kernels) export as they are."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        name = str(node.target)
+        if node.op != "get_attr" or "." in name:
+            continue
+        value = getattr(graph_module, name)
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
+            with graph.inserting_before(node):
+                scalar = graph.call_function(aten.scalar_tensor.default, (value.item(),),
+                                             {"dtype": value.dtype, "device": value.device})
+            scalar.meta = dict(node.meta)
+            node.replace_all_uses_with(scalar)
+            graph.erase_node(node)
+            delattr(graph_module, name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -760,7 +811,10 @@ def _trace(model: nn.Module, state: Mapping[str, torch.Tensor], example: torch.T
             dynamic_sizes=[DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * (example.dim() - 1)),
     )
     with _plain_functional():
-        graph = make_fx(logits_and_gradient, decomposition_table=gradient_decompositions(),
+        # functionalised: in-place writes into views (Swin builds its shifted-window mask with
+        # mask[h0:h1, w0:w1] = count) become slice_scatter; exported as in-place copies into aliases, they
+        # were mis-folded by the ONNX exporter (a Transpose of a 0-d initializer that ONNX Runtime rejects)
+        graph = make_fx(torch.func.functionalize(logits_and_gradient), decomposition_table=gradient_decompositions(),
                         tracing_mode="symbolic")(*fake_state, fake_x)
     _drop_layout_ops(graph)
     batch = fake_x.shape[0].node.expr
@@ -829,7 +883,7 @@ def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
     for x in _check_inputs(example):
         x = x.double()
         with torch.no_grad():
-            outputs = module(x.to(torch.float32))  # the float32 graph runs at this batch size
+            module(x.to(torch.float32))  # the float32 graph itself runs at this batch size
             outputs = module.run_graph(reference, x)
         logits, grad = outputs[0], outputs[-1]
         ref_logits, ref_grad = _autograd_reference(reference, x)
@@ -896,7 +950,7 @@ def trace_logits_and_input_gradient(model: nn.Module, example: torch.Tensor, *,
 
     ``model`` is deep-copied, put in eval mode and frozen; the caller's model is not changed. C/H/W are
     those of ``example`` (fixed), the batch axis is dynamic. With ``check``, the graph is compared with eager
-    autograd at two batch sizes near ``example`` (GradientTraceError on a mismatch).
+    autograd at two batch sizes near ``example``, both computed in float64 (GradientTraceError on a mismatch).
     Raises UnsupportedLayerError naming the op and the layer when a layer cannot be exported.
     """
     if not isinstance(example, torch.Tensor) or example.dim() != 4 or not example.is_floating_point():
