@@ -811,10 +811,7 @@ def _trace(model: nn.Module, state: Mapping[str, torch.Tensor], example: torch.T
             dynamic_sizes=[DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * (example.dim() - 1)),
     )
     with _plain_functional():
-        # functionalised: in-place writes into views (Swin builds its shifted-window mask with
-        # mask[h0:h1, w0:w1] = count) become slice_scatter; exported as in-place copies into aliases, they
-        # were mis-folded by the ONNX exporter (a Transpose of a 0-d initializer that ONNX Runtime rejects)
-        graph = make_fx(torch.func.functionalize(logits_and_gradient), decomposition_table=gradient_decompositions(),
+        graph = make_fx(logits_and_gradient, decomposition_table=gradient_decompositions(),
                         tracing_mode="symbolic")(*fake_state, fake_x)
     _drop_layout_ops(graph)
     batch = fake_x.shape[0].node.expr
