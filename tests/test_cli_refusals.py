@@ -60,10 +60,10 @@ def test_adascale_export_of_an_unsupported_layer_is_one_line_exit_2(tmp_path: Pa
 def test_demo_refuses_to_overwrite_without_force(tmp_path: Path):
     out = tmp_path / "demo"
     out.mkdir()
-    precious = out / "digits-energy.oodcal"
+    precious = out / "energy.oodcal"
     precious.write_bytes(b"an earlier run")
     proc = oodgate("demo", "--out", str(out), "--method", "energy")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "digits-energy.oodcal exists" in lines[-1] and "--force" in lines[-1]
-    assert precious.read_bytes() == b"an earlier run" and sorted(os.listdir(out)) == ["digits-energy.oodcal"]
+    assert lines[-1].startswith("error: ") and "energy.oodcal exists" in lines[-1] and "--force" in lines[-1]
+    assert precious.read_bytes() == b"an earlier run" and sorted(os.listdir(out)) == ["energy.oodcal"]

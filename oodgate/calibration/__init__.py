@@ -9,6 +9,7 @@ _EXPORTS = {
     "calibrate": ".calibrate", "resolve_images": ".calibrate", "resolve_model": ".calibrate",
     "Calibration": ".artifact", "load_calibration": ".artifact",
     "collect_features": ".features", "iter_features": ".features",
+    "write_feature_shards": ".shards", "fit_from_shards": ".shards", "open_shards": ".shards",
     "fit_threshold": "..detectors.threshold",
     "progress_bar": "..progress", "show_progress": "..progress",
     "write_atomic": "..files",

@@ -115,7 +115,19 @@ def _feature_sign(split: SplitModel, preprocess: Preprocess, images: ImageSet, n
 
 
 def _check_input(split: SplitModel, preprocess: Preprocess, images: ImageSet) -> None:
-    """Fail early, in one line, when the model cannot take the preprocessed images."""
+    """Fail early, in one line, on what export would reject later: an input size the preprocessing does not fix,
+    channels the model's first convolution does not take, an input the model cannot run."""
+    from ..data.preprocess import SPEC_HELP
+    from ..models.split import first_conv
+
+    preprocess.input_shape  # noqa: B018 - raises, naming --crop / --resize, when H and W are not fixed
+    conv = first_conv(split.backbone)
+    if conv is not None and conv[1] != preprocess.num_channels:
+        want = "L" if conv[1] == 1 else "RGB" if conv[1] == 3 else None
+        fix = (f"use channels '{want}' (--channels {want}" + (", --preset gray-28" if want == "L" else "") + ")"
+               if want else "oodgate feeds 1 (L) or 3 (RGB) channels")
+        raise OodgateError(f"the model's first convolution ({conv[0]}) takes {conv[1]} channel(s) but the "
+                           f"preprocessing gives {preprocess.num_channels} (channels '{preprocess.channels}'): {fix}")
     x, _ = next(images.subset(np.arange(1)).batches(preprocess, 1))
     try:
         with torch.no_grad():
@@ -124,7 +136,8 @@ def _check_input(split: SplitModel, preprocess: Preprocess, images: ImageSet) ->
         raise
     except Exception as exc:  # noqa: BLE001 - translate a shape error into an actionable message
         raise OodgateError(f"the model cannot take inputs of shape {tuple(x.shape)} made by {preprocess}: "
-                           f"{str(exc).splitlines()[0]}") from None
+                           f"{str(exc).splitlines()[0]}; set the preprocessing it was trained with: "
+                           f"{SPEC_HELP}") from None
 
 
 def _jsonable(value: Any) -> Any:

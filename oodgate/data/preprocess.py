@@ -30,6 +30,26 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 _FLOAT32_255 = np.float32(255.0)
 
+#: named preprocessing settings for the common model families; ``Preprocess.preset(name, **overrides)``,
+#: ``--preset NAME`` on the command line
+PRESETS: dict[str, dict[str, Any]] = {
+    # torchvision / timm ImageNet classifiers: shorter side to 256, centre crop 224, ImageNet mean/std
+    "imagenet-224": {"channels": "RGB", "resize": 256, "crop": (224, 224), "mean": (0.485, 0.456, 0.406),
+                     "std": (0.229, 0.224, 0.225)},
+    # MNIST-like grayscale 28x28 nets, pixels in [0, 1] (transforms.ToTensor() alone)
+    "gray-28": {"channels": "L", "resize": (28, 28), "mean": (0.0,), "std": (1.0,)},
+    # CIFAR-10/100 nets: RGB 32x32, the usual CIFAR-10 mean/std
+    "cifar-32": {"channels": "RGB", "resize": (32, 32), "mean": (0.4914, 0.4822, 0.4465),
+                 "std": (0.2470, 0.2435, 0.2616)},
+}
+
+#: the one-line description of the preprocessing spec, used by every error that asks for one
+SPEC_HELP = (
+    "--preset imagenet-224|gray-28|cifar-32 and/or --channels L|RGB --resize N|HxW --crop HxW "
+    "--mean M[,M,M] --std S[,S,S] (Python: Preprocess.preset('imagenet-224') or Preprocess(channels='RGB', "
+    "resize=256, crop=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))"
+)
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -97,7 +117,7 @@ class Preprocess:
         if size is None:
             raise OodgateError(
                 f"the input size is not fixed by {self!r}: set crop=(H, W) or resize=(H, W) "
-                "so that every image gives the same (C, H, W)"
+                "(--crop HxW or --resize HxW) so that every image gives the same (C, H, W)"
             )
         return (self.num_channels, *size)
 
@@ -118,10 +138,66 @@ class Preprocess:
         unknown = sorted(set(d) - set(allowed))
         if unknown:
             raise OodgateError(
-                f"unknown preprocess setting(s) {unknown}: accepted keys are {list(allowed)} "
-                "(was the file written by a newer oodgate?)"
+                f"unknown preprocess setting(s) {unknown}: accepted keys are {list(allowed)}, e.g. "
+                '{"channels": "RGB", "resize": 256, "crop": [224, 224], "mean": [0.485, 0.456, 0.406], '
+                '"std": [0.229, 0.224, 0.225]} (was the file written by a newer oodgate?)'
             )
         return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Preprocess:
+        """A named preset (imagenet-224, gray-28, cifar-32), with any setting overridden, e.g. mean=(0.5,)."""
+        if name not in PRESETS:
+            raise OodgateError(f"unknown preprocessing preset {name!r}: use one of {', '.join(PRESETS)}")
+        settings = dict(PRESETS[name])
+        if "channels" in overrides and "mean" not in overrides and "std" not in overrides:
+            n = CHANNELS.get(overrides["channels"], 0)
+            settings["mean"], settings["std"] = settings["mean"][:1] * n, settings["std"][:1] * n
+        return cls.from_dict({**settings, **overrides})
+
+    @classmethod
+    def from_options(cls, *, preset: str | None = None, base: Preprocess | None = None, channels: str | None = None,
+                     resize: str | int | Sequence[int] | None = None, crop: str | int | Sequence[int] | None = None,
+                     mean: str | float | Sequence[float] | None = None,
+                     std: str | float | Sequence[float] | None = None,
+                     interpolation: str | None = None) -> Preprocess | None:
+        """The spec of the command-line flags: a preset (or ``base``) with the given settings overridden.
+
+        Strings are parsed as on the command line: resize '256' (shorter side) or '28x28', crop '224x224' or
+        '224', mean/std '0.485,0.456,0.406' or one value for every channel. None when nothing is given.
+        """
+        given = {k: v for k, v in {"channels": channels, "resize": resize, "crop": crop, "mean": mean, "std": std,
+                                   "interpolation": interpolation}.items() if v is not None}
+        if preset is None and base is None and not given:
+            return None
+        if preset is not None and base is not None:
+            raise OodgateError("give either a preset or a full preprocessing (JSON), not both")
+        parsed: dict[str, Any] = {}
+        if "channels" in given:
+            parsed["channels"] = _parse_channels(given["channels"])
+        if "resize" in given:
+            parsed["resize"] = _parse_size(given["resize"], "resize", allow_int=True)
+        if "crop" in given:
+            parsed["crop"] = _parse_size(given["crop"], "crop", allow_int=False)
+        for key in ("mean", "std"):
+            if key in given:
+                parsed[key] = _parse_floats(given[key], key)
+        if "interpolation" in given:
+            parsed["interpolation"] = given["interpolation"]
+        if preset is not None:
+            return cls.preset(preset, **parsed)
+        if base is not None:
+            settings = base.to_dict()
+        else:
+            missing = [k for k in ("channels",) if k not in parsed]
+            if missing or ("resize" not in parsed and "crop" not in parsed):
+                raise OodgateError(
+                    "incomplete preprocessing: give --channels and --resize (or --crop), or a preset: " + SPEC_HELP)
+            settings = {}
+        if "channels" in parsed and "mean" not in parsed and "std" not in parsed and base is not None:
+            n = CHANNELS[parsed["channels"]]
+            settings["mean"], settings["std"] = settings["mean"][:1] * n, settings["std"][:1] * n
+        return cls.from_dict({**settings, **parsed})
 
     def load_image(self, image: ImageLike) -> np.ndarray:
         """One image → float32 (C, H, W) model input."""
@@ -371,7 +447,8 @@ def read_image(path: str | os.PathLike) -> Image.Image:
             return image.copy()
     except Exception as err:  # PIL raises many types for bad files
         raise OodgateError(
-            f"cannot read image {path}: not an image or corrupt (PIL says {type(err).__name__}: {err})"
+            f"cannot read image {path}: not an image or corrupt (PIL says {type(err).__name__}: {err}) "
+            "(to skip unreadable files and list them: --skip-unreadable, or skip_unreadable=True)"
         ) from err
 
 
@@ -439,6 +516,41 @@ def _check_per_channel(value: Any, what: str, channels: int) -> tuple[float, ...
     if not all(np.isfinite(out)):
         raise OodgateError(f"{what} must hold finite numbers, got {value!r}")
     return out
+
+
+def _parse_channels(value: Any) -> str:
+    text = str(value).strip()
+    names = {"l": "L", "gray": "L", "grey": "L", "grayscale": "L", "1": "L", "rgb": "RGB", "3": "RGB"}
+    if text.lower() not in names:
+        raise OodgateError(f"channels {value!r}: use L (grayscale, 1 channel) or RGB (3 channels)")
+    return names[text.lower()]
+
+
+def _parse_size(value: Any, what: str, *, allow_int: bool) -> int | tuple[int, int]:
+    """'256' / 256 (resize: the shorter side; crop: a square), '28x28' / '28,28' / (28, 28) -> (H, W)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.lower().replace(",", "x").split("x")]
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            form = "N (the shorter side) or HxW, e.g. 256 or 28x28" if allow_int else "HxW or N (square), e.g. 224x224"
+            raise OodgateError(f"{what} {value!r}: write {form}") from None
+        value = numbers[0] if len(numbers) == 1 else tuple(numbers)
+    if _is_int(value) and not allow_int:
+        value = (int(value), int(value))
+    return _check_resize(value) if allow_int else _check_size(value, what)
+
+
+def _parse_floats(value: Any, what: str) -> tuple[float, ...]:
+    if isinstance(value, str):
+        try:
+            return tuple(float(p) for p in value.split(",") if p.strip())
+        except ValueError:
+            raise OodgateError(f"{what} {value!r}: write one number per channel, comma-separated, "
+                               "e.g. 0.485,0.456,0.406 (or one number for all)") from None
+    if isinstance(value, (int, float)):
+        return (float(value),)
+    return tuple(value)
 
 
 def _is_int(value: Any) -> bool:

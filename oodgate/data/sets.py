@@ -16,7 +16,7 @@ import inspect
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class ImageSet:
     images: np.ndarray | list
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
+    #: files left out because they could not be read, as (path, reason) (``skip_unreadable=True``)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.images, np.ndarray):
@@ -136,6 +138,7 @@ class ImageSet:
             images=images,
             labels=labels,
             class_names=None if self.class_names is None else list(self.class_names),
+            skipped=list(self.skipped),
         )
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
@@ -553,11 +556,44 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
-def image_folder(path: str | os.PathLike) -> ImageSet:
+def readable_images(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Decode every file; return (the readable paths, [(path, reason)] for those that are not)."""
+    ok, skipped = [], []
+    for p in paths:
+        try:
+            read_image(p)
+        except OodgateError as err:
+            skipped.append((str(p), str(err).split(": ", 1)[-1].split(" (to skip", 1)[0]))
+        else:
+            ok.append(str(p))
+    return ok, skipped
+
+
+def _without_unreadable(found: ImageSet) -> ImageSet:
+    """The set without the files that cannot be decoded; they are listed in ``.skipped``."""
+    ok, skipped = readable_images(found.images)
+    if not ok:
+        raise OodgateError(f"no readable image in {found.name}: all {len(skipped)} files failed "
+                           f"(first: {skipped[0][0]}: {skipped[0][1]})")
+    keep = set(ok)
+    index = [i for i, p in enumerate(found.images) if p in keep]
+    out = found.subset(index)
+    out.skipped = skipped
+    return out
+
+
+def image_folder(path: str | os.PathLike, *, skip_unreadable: bool = False) -> ImageSet:
     """Images in a folder: one subfolder per class (labels from sorted names), or flat (no labels).
 
     Class subfolders are searched recursively; hidden files and folders are skipped; paths are sorted.
+    A corrupt or unreadable file is an error when it is read, unless ``skip_unreadable``: then every file is
+    decoded up front and those that fail are left out and listed in the set's ``skipped``.
     """
+    found = _image_folder(path)
+    return _without_unreadable(found) if skip_unreadable else found
+
+
+def _image_folder(path: str | os.PathLike) -> ImageSet:
     folder = Path(path)
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
@@ -686,6 +722,8 @@ def load_image_set(spec: str, **kw: Any) -> ImageSet:
         raise OodgateError(f"image set spec must be a string, got {type(spec).__name__}")
     text = os.fspath(spec)
     path = Path(text)
+    if not path.is_dir():
+        kw.pop("skip_unreadable", None)  # only folders hold files that can be corrupt
     names = ", ".join(ood_set_names())
     loader: Callable[..., ImageSet]
     args: tuple[Any, ...]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import numpy as np
@@ -113,16 +116,63 @@ class FeatureScorer(nn.Module):
         return self.head(self.backbone(x))
 
 
+#: pooled features by (weights, input batch), inside ``feature_cache()`` only
+_FEATURE_CACHE: ContextVar[dict | None] = ContextVar("oodgate_feature_cache", default=None)
+
+
+@contextmanager
+def feature_cache() -> Iterator[None]:
+    """Within this block, the pooled features of the same weights on the same input batch are computed once (e.g.
+    when several single-pass detectors are calibrated on one model and one data set); outside it nothing is kept."""
+    token = _FEATURE_CACHE.set({}) if _FEATURE_CACHE.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _FEATURE_CACHE.reset(token)
+
+
+def feature_cache_active() -> bool:
+    """True inside ``feature_cache()``."""
+    return _FEATURE_CACHE.get() is not None
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over a model's class name and state dict (names and bytes)."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def pooled_features(split: nn.Module, x: np.ndarray, digest: str | None = None) -> np.ndarray:
+    """``split.features`` of a preprocessed batch as float32 (N, D), from the cache inside ``feature_cache()``."""
+    cache = _FEATURE_CACHE.get()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    key = None
+    if cache is not None:
+        key = (digest or weights_digest(split), x.shape, hashlib.sha256(x.tobytes()).hexdigest())
+        if key in cache:
+            return cache[key].copy()  # a copy: callers may change their batch in place
+    h = split.features(torch.from_numpy(x)).numpy().astype(np.float32, copy=False)
+    if key is not None:
+        cache[key] = h.copy()
+    return h
+
+
 @torch.no_grad()
 def iter_model_features(split: nn.Module, batches: Iterable[tuple[np.ndarray, Any]], *, progress: bool | None = None,
                         n: int | None = None, desc: str = "features") -> Iterator[tuple[np.ndarray, Any]]:
     """(pooled features float32 (B, D), labels or None) per batch of preprocessed images, with a progress bar."""
     split.eval()
+    digest = weights_digest(split) if feature_cache_active() else None  # once per pass, not per batch
     with progress_bar(n, desc, progress) as bar:
         for x, labels in batches:
-            h = split.features(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)))
+            h = pooled_features(split, x, digest)
             bar.update(len(x))
-            yield h.numpy().astype(np.float32, copy=False), labels
+            yield h, labels
 
 
 class Detector:

@@ -81,9 +81,8 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
 
     path = Path(path)
     data_path = path.with_name(path.name + ".data")
-    for target in (path, data_path):
-        if target.exists() and not overwrite:
-            raise OodgateError(f"{target} exists: choose another path or overwrite it (--force / overwrite=True)")
+    if path.exists() and not overwrite:
+        raise OodgateError(f"{path} exists: choose another path or overwrite it (--force / overwrite=True)")
     if not path.parent.is_dir():
         raise OodgateError(f"cannot write {path}: folder {path.parent} does not exist")
     if opset < 18:
@@ -94,12 +93,14 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
     input_shape = calibration.preprocess.input_shape
     gen = torch.Generator().manual_seed(1234)
     example = torch.randn((2, *input_shape), generator=gen)
-    program = export_onnx(module, example, opset=opset, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
         b.numel() * b.element_size() for b in module.buffers())
     external = n_bytes > EXTERNAL_DATA_BYTES
+    if external and data_path.exists() and not overwrite:
+        raise OodgateError(f"{data_path} exists: choose another path or overwrite it (--force / overwrite=True)")
+    program = export_onnx(module, example, opset=opset, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
 
-    with atomic_output(path, overwrite=overwrite, companions=[data_path]) as tmp:
+    with atomic_output(path, overwrite=overwrite, companions=[data_path] if external else []) as tmp:
         data_tmp = companion_temp(tmp, data_path)
         raw_data = tmp.with_name(tmp.name + ".data")  # where torch.onnx writes external data next to tmp
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -10,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..data.preprocess import Preprocess
+from ..data.preprocess import SPEC_HELP, Preprocess
 from ..errors import OodgateError
 
 
@@ -56,11 +58,57 @@ def _efficientnet() -> ModelBundle:
                                                           std=m.STD), m.imagenet_wnids(), "efficientnet-lite0")
 
 
+def _fashion_effnet() -> ModelBundle:
+    from . import fashion_effnet as m
+
+    card = m.card()
+    return ModelBundle(m.fashion_effnet(), Preprocess.from_dict(card["preprocess"]), card["class_names"],
+                       "fashion-effnet", head="_fc")
+
+
 BUILTIN_MODELS: dict[str, Callable[[], ModelBundle]] = {
     "digits-cnn": _digits,
     "fashion-cnn": _fashion,
     "efficientnet-lite0": _efficientnet,
+    "fashion-effnet": _fashion_effnet,
 }
+
+
+def _build_from_factory(ref: str, pythonpath: Sequence[str | Path]) -> nn.Module:
+    """Import 'module:factory' (from ``pythonpath``, the current folder, then sys.path) and call the factory."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise OodgateError(f"model '{ref}': write module:function, e.g. mynet:build for build() in mynet.py")
+    for folder in [*map(Path, pythonpath), Path.cwd()][::-1]:
+        entry = str(folder.resolve())
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            where = module_name.replace(".", "/") + ".py"
+            raise OodgateError(
+                f"cannot import '{module_name}' for model '{ref}': no {where} in the current folder ({Path.cwd()}), "
+                "the --pythonpath folders or PYTHONPATH: run from the folder that holds it or pass --pythonpath DIR "
+                "(Python: load_model(ref, pythonpath=[DIR]))") from None
+        raise OodgateError(f"importing '{module_name}' for model '{ref}' failed: it imports '{exc.name}', which is "
+                           "not installed") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing: name it, in one line
+        raise OodgateError(f"importing '{module_name}' for model '{ref}' failed: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise OodgateError(f"{getattr(module, '__file__', module_name)} has no function '{attr}': name a function "
+                           f"that returns the torch.nn.Module, as in {module_name}:build")
+    try:
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed: name it, in one line
+        raise OodgateError(f"calling {ref}() failed: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise OodgateError(f"model factory '{ref}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def register_model(name: str, factory: Callable[[], ModelBundle]) -> None:
@@ -69,37 +117,28 @@ def register_model(name: str, factory: Callable[[], ModelBundle]) -> None:
 
 
 def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Preprocess | None = None,
-               class_names: list[str] | None = None, head: str | None = None) -> ModelBundle:
-    """Load a model by reference: a built-in name, or 'package.module:factory' (a callable returning an
-    nn.Module), with optional state-dict ``weights`` loaded with ``torch.load(weights_only=True)``."""
+               class_names: list[str] | None = None, head: str | None = None,
+               pythonpath: Sequence[str | Path] = (), trust_pickle: bool = False) -> ModelBundle:
+    """Load a model by reference: a built-in name, or 'module:factory' (a callable returning an nn.Module, its
+    module found in ``pythonpath``, the current folder or sys.path), with optional ``weights``: a state dict or
+    a checkpoint holding one (see oodgate.models.checkpoint; whole pickled models only with ``trust_pickle``)."""
     if ref in BUILTIN_MODELS:
         bundle = BUILTIN_MODELS[ref]()
     elif ":" in ref:
-        module_name, _, attr = ref.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise OodgateError(f"cannot load model factory '{ref}': {exc}") from None
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise OodgateError(f"model factory '{ref}' returned {type(model).__name__}, not a torch.nn.Module")
+        model = _build_from_factory(ref, pythonpath)
         if preprocess is None:
-            raise OodgateError(f"model '{ref}' has no preprocessing recorded: give one (resize, crop, mean, std)")
+            raise OodgateError(f"model '{ref}' has no preprocessing recorded: give one, {SPEC_HELP}")
         bundle = ModelBundle(model.eval(), preprocess, class_names, ref)
     else:
         raise OodgateError(
-            f"unknown model '{ref}': use one of {', '.join(sorted(BUILTIN_MODELS))} or 'package.module:factory'"
+            f"unknown model '{ref}': use one of {', '.join(sorted(BUILTIN_MODELS))} or 'module:factory' "
+            "(e.g. mynet:build for a function build() in mynet.py)"
         )
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise OodgateError(f"no such weights file: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            bundle.model.load_state_dict(state)
-        except Exception as exc:  # noqa: BLE001 - surface the reason in one line
-            raise OodgateError(f"cannot load weights {path} into {ref}: {str(exc).splitlines()[0]}") from None
-        bundle.extra["weights"] = str(path)
+        from .checkpoint import load_weights
+
+        bundle.extra["checkpoint"] = load_weights(bundle.model, weights, ref=ref, trust_pickle=trust_pickle)
+        bundle.extra["weights"] = str(Path(weights))
     if preprocess is not None:
         bundle.preprocess = preprocess
     if class_names is not None:

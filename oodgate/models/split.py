@@ -128,3 +128,12 @@ def split_classifier(model: nn.Module, head: str | None = None) -> SplitModel:
     assert isinstance(linear, nn.Linear)
     _set(backbone, path, nn.Identity())
     return SplitModel(backbone, linear, path).eval()
+
+
+def first_conv(model: nn.Module) -> tuple[str, int] | None:
+    """(dotted path, input channels) of the first convolution registered in ``model``, or None if it has none."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return name, int(module.in_channels)
+    return None
+

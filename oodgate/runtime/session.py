@@ -47,14 +47,14 @@ class Prediction:
         return len(self.scores)
 
     def records(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """One dict per input: name, label, class, score, is_ood."""
+        """One dict per input: input, label, class (None when the graph has no class names), score, is_ood."""
         out = []
         for i in range(len(self)):
             label = int(self.labels[i])
-            rec: dict[str, Any] = {"input": names[i] if names else i, "label": label}
-            if self.class_names and 0 <= label < len(self.class_names):
-                rec["class"] = self.class_names[label]
-            rec.update(score=float(self.scores[i]), is_ood=bool(self.is_ood[i]))
+            known = bool(self.class_names) and 0 <= label < len(self.class_names)
+            rec: dict[str, Any] = {"input": names[i] if names else i, "label": label,
+                                   "class": self.class_names[label] if known else None,
+                                   "score": float(self.scores[i]), "is_ood": bool(self.is_ood[i])}
             out.append(rec)
         return out
 

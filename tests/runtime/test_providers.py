@@ -150,9 +150,16 @@ def test_ort_engine_cache_folder_changes_with_the_graph(energy_graph, tmp_path):
 
 
 def test_cpu_sessions_are_unchanged(energy_graph):
+    import onnxruntime
+
+    x = np.random.default_rng(0).normal(size=(3, 1, 16, 16)).astype(np.float32)
     with Session(energy_graph, providers="cpu") as sess:
-        out = sess.run_array(np.zeros((3, 1, 16, 16), np.float32))
+        out = sess.run_array(x)
     assert sess.providers == ["CPUExecutionProvider"] and out["score"].shape == (3,)
+    plain = onnxruntime.InferenceSession(str(energy_graph), providers=["CPUExecutionProvider"])
+    ref = dict(zip(["logits", "score", "is_ood", "label"], plain.run(None, {"input": x})))
+    np.testing.assert_allclose(out["score"], ref["score"], rtol=1e-6)
+    np.testing.assert_array_equal(out["label"], ref["label"])
 
 
 # -- provider specs: 'tensorrt:fp16', 'trt-native:fp16,batch=1/8/32' ---------------------------------------------------

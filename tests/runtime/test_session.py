@@ -52,8 +52,10 @@ def test_single_array_image_taller_than_batch_size(session):
     """One (H, W, 3) array is one image, whatever its height and the batch size."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
-    assert len(session.run([image])) == 1
-    assert len(session.run(image, batch_size=32)) == 1
+    listed, bare = session.run([image]), session.run(image, batch_size=32)
+    assert len(listed) == len(bare) == 1
+    np.testing.assert_array_equal(listed.scores, bare.scores)
+    np.testing.assert_array_equal(listed.scores, session.run_array(session.preprocess([image]))["score"])
 
 
 def test_batch_size_does_not_change_outputs(session, digits_test):

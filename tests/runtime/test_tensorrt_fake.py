@@ -1,11 +1,11 @@
-"""The native TensorRT runner's plumbing on a CPU: TensorRT and the CUDA runtime are replaced by stand-ins with their
-Python surface (the "engine" runs the graph with ONNX Runtime, "device memory" is host memory), so that the engine
-cache decisions, batching over the profile, padding, buffer addresses, dtypes and the Session API are exercised here.
-What only a GPU can check (TensorRT's build, FP16 numerics) is in test_tensorrt_runner.py, marked `gpu`."""
+"""The native TensorRT runner's plumbing on a CPU: TensorRT, cuda-python and Polygraphy's loaders and TrtRunner are
+replaced by stand-ins with their Python surface (the "engine" runs the graph with ONNX Runtime), so that the engine
+cache decisions, batching over the profile, padding, the runner's life cycle and the Session API are exercised here.
+The build itself runs for real with TensorRT-RTX's ahead-of-time builder in test_trt_check.py; what only a GPU
+can check (running an engine, FP16 numerics) is in test_tensorrt_runner.py, marked `gpu`."""
 
 from __future__ import annotations
 
-import ctypes
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,48 +17,14 @@ from oodgate.runtime import Session
 from oodgate.runtime.engine_cache import sidecar_path
 from oodgate.runtime.tensorrt import BuildReport
 
-ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(bool)": np.dtype(np.bool_),
-             "tensor(int64)": np.dtype(np.int64)}
-
-
-class FakeContext:
-    def __init__(self, engine):
-        self.engine, self.shapes, self.addresses = engine, {}, {}
-
-    def set_input_shape(self, name, shape):
-        lo, hi = self.engine.profile_limits
-        assert lo <= shape[0] <= hi, f"batch {shape[0]} outside the profile {lo}..{hi}"
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def get_tensor_shape(self, name):
-        n = self.shapes[self.engine.input][0]
-        return self.shapes[name] if name == self.engine.input else (n, *self.engine.out_shapes[name])
-
-    def set_tensor_address(self, name, ptr):
-        self.addresses[name] = ptr
-
-    def execute_async_v3(self, stream):
-        shape = self.shapes[self.engine.input]
-        count = int(np.prod(shape))
-        raw = (ctypes.c_float * count).from_address(self.addresses[self.engine.input])
-        x = np.ctypeslib.as_array(raw).reshape(shape).copy()
-        outs = self.engine.sess.run(self.engine.outputs, {self.engine.input: x})
-        for name, arr in zip(self.engine.outputs, outs):
-            arr = np.ascontiguousarray(arr, self.engine.dtypes[name])
-            ctypes.memmove(self.addresses[name], arr.ctypes.data, arr.nbytes)
-        self.engine.batches.append(shape[0])
-        return True
-
 
 class FakeEngine:
+    """A deserialized engine: its I/O tensor names and modes, and ONNX Runtime to compute with."""
+
     def __init__(self, graph, profile):
         self.sess = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
         self.input = self.sess.get_inputs()[0].name
         self.outputs = [o.name for o in self.sess.get_outputs()]
-        self.dtypes = {o.name: ORT_TYPES[o.type] for o in self.sess.get_outputs()}
-        self.dtypes[self.input] = np.dtype(np.float32)
-        self.out_shapes = {o.name: tuple(o.shape[1:]) for o in self.sess.get_outputs()}
         self.profile_limits = (profile[0], profile[2])
         self.batches: list[int] = []
 
@@ -70,67 +36,56 @@ class FakeEngine:
     def get_tensor_mode(self, name):
         return "INPUT" if name == self.input else "OUTPUT"
 
-    def get_tensor_dtype(self, name):
-        return self.dtypes[name]
 
-    def create_execution_context(self):
-        return FakeContext(self)
+class FakeTrtRunner:
+    """Polygraphy's TrtRunner: activate / infer(feed_dict) -> {name: host array} / deactivate."""
 
+    def __init__(self, engine, name=None):
+        self.engine, self.name, self.is_active = engine, name, False
 
-class FakeCudart:
-    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+    def activate(self):
+        assert not self.is_active
+        self.is_active = True
 
-    def __init__(self):
-        self.allocated: dict[int, object] = {}
+    def infer(self, feed_dict):
+        assert self.is_active, "infer() on an inactive runner"
+        (name, x), = feed_dict.items()
+        lo, hi = self.engine.profile_limits
+        assert name == self.engine.input and lo <= len(x) <= hi, f"batch {len(x)} outside the profile {lo}..{hi}"
+        self.engine.batches.append(len(x))
+        return dict(zip(self.engine.outputs, self.engine.sess.run(self.engine.outputs, {name: x})))
 
-    def cudaSetDevice(self, device):
-        return (0,)
-
-    def cudaGetDeviceProperties(self, device):
-        return 0, SimpleNamespace(name=b"Fake GPU 24GB\0\0\0", major=8, minor=9)
-
-    def cudaStreamCreate(self):
-        return 0, 7
-
-    def cudaMalloc(self, nbytes):
-        buf = (ctypes.c_char * nbytes)()
-        self.allocated[ctypes.addressof(buf)] = buf
-        return 0, ctypes.addressof(buf)
-
-    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
-        ctypes.memmove(dst, src, nbytes)
-        return (0,)
-
-    def cudaStreamSynchronize(self, stream):
-        return (0,)
-
-    def cudaFree(self, ptr):
-        del self.allocated[ptr]
-        return (0,)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
+    def deactivate(self):
+        assert self.is_active
+        self.is_active = False
 
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """TensorRT 10 and cuda-python stand-ins; returns a record of builds, engines and device allocations."""
-    record = SimpleNamespace(builds=[], engines=[], cudart=FakeCudart(), refuse_next=False)
+    """TensorRT 10, cuda-python and Polygraphy stand-ins; returns a record of builds, engines and runners."""
+    record = SimpleNamespace(builds=[], engines=[], runners=[], refuse_next=False)
 
-    def deserialize(data):
-        if record.refuse_next:
-            record.refuse_next = False
-            return None
-        kind, graph, profile = data.decode().split("|")
-        engine = FakeEngine(graph, [int(v) for v in profile.split(",")])
-        record.engines.append(engine)
-        return engine
+    def engine_from_bytes(data):
+        def load():
+            if record.refuse_next:
+                record.refuse_next = False
+                raise RuntimeError("Could not deserialize engine")  # Polygraphy raises PolygraphyException
+            kind, graph, profile = data.decode().split("|")
+            engine = FakeEngine(graph, [int(v) for v in profile.split(",")])
+            record.engines.append(engine)
+            return engine
+        return load
 
-    fake_trt = SimpleNamespace(
-        __version__="10.99.0", TensorIOMode=SimpleNamespace(OUTPUT="OUTPUT", INPUT="INPUT"),
-        Logger=SimpleNamespace(WARNING=1, VERBOSE=0), nptype=lambda dtype: dtype,
-        Runtime=lambda logger: SimpleNamespace(deserialize_cuda_engine=deserialize))
-    fake_trt.Logger = type("Logger", (), {"WARNING": 1, "VERBOSE": 0, "__init__": lambda self, level: None})
+    def trt_runner_(engine, name=None):
+        runner = FakeTrtRunner(engine, name)
+        record.runners.append(runner)
+        return runner
+
+    fake_trt = SimpleNamespace(__version__="10.99.0", TensorIOMode=SimpleNamespace(OUTPUT="OUTPUT", INPUT="INPUT"))
+    fake_cudart = SimpleNamespace(
+        cudaSetDevice=lambda device: (0,),
+        cudaGetDeviceProperties=lambda device: (0, SimpleNamespace(name=b"Fake GPU 24GB\0\0\0", major=8, minor=9)))
+    fake_pg = SimpleNamespace(EngineFromBytes=engine_from_bytes, TrtRunner=trt_runner_)
 
     def build(graph, *, precision, profile, **kw):
         record.builds.append(SimpleNamespace(graph=graph, precision=precision, profile=profile, **kw))
@@ -138,7 +93,9 @@ def fake_gpu(monkeypatch):
                                                                                              profile.to_list())
 
     monkeypatch.setattr(trt_runner, "import_tensorrt", lambda: fake_trt)
-    monkeypatch.setattr(trt_runner, "import_cudart", lambda: record.cudart)
+    monkeypatch.setattr(trt_runner, "import_cudart", lambda: fake_cudart)
+    monkeypatch.setattr(trt_runner, "import_polygraphy", lambda **kw: fake_pg)
+    monkeypatch.setattr(trt_runner, "_silenced", lambda verbose: __import__("contextlib").nullcontext())
     monkeypatch.setattr(trt_runner, "build_engine", build)
     return record
 
@@ -163,7 +120,7 @@ def test_same_outputs_as_onnx_runtime_through_chunks_and_padding(fake_gpu, energ
         np.testing.assert_array_equal(got[name], ref[name])
         np.testing.assert_array_equal(one[name], ref[name][:1])
     np.testing.assert_array_equal(pred.scores, ref["score"][:5])
-    assert not fake_gpu.cudart.allocated, "device buffers were not freed on close"
+    assert fake_gpu.runners and not any(r.is_active for r in fake_gpu.runners), "a TrtRunner was not deactivated"
 
 
 def test_engine_is_built_once_then_loaded_from_the_cache(fake_gpu, energy_graph, tmp_path):

@@ -4,6 +4,7 @@ cache reused and rebuilt when the graph changes."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 from oodgate.runtime import Session
 from oodgate.runtime.session import open_session
 from oodgate.runtime.session import ProviderError, resolve_providers
-from oodgate.runtime.tensorrt import tensorrt_unavailable_reason
+from oodgate.runtime.tensorrt import INSTALL_HINT, tensorrt_unavailable_reason
 
 UNAVAILABLE = tensorrt_unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"TensorRT runner unavailable: {UNAVAILABLE}")
@@ -29,12 +30,56 @@ def test_importing_the_runner_imports_neither_tensorrt_nor_cuda():
 
 @without_tensorrt
 def test_trt_native_without_tensorrt_is_a_clear_error(energy_graph):
-    with pytest.raises(ProviderError, match="pip install tensorrt cuda-python"):
+    with pytest.raises(ProviderError, match=r'pip install "oodgate\[tensorrt\]" --extra-index-url https://pypi.nvidia.com'):
         Session(energy_graph, providers="trt-native")
     with pytest.raises(ProviderError, match="tensorrt package"):
         resolve_providers("trt-native")
     with pytest.raises(ProviderError, match="tensorrt package"):
         open_session(energy_graph, "trt-native:fp16,batch=1/8/32")
+
+
+@pytest.fixture
+def fake_tensorrt(tmp_path, monkeypatch):
+    """fake_tensorrt(source): a `tensorrt` package whose __init__.py is ``source``, importable for one test."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(source: str) -> None:
+        sys.modules.pop("tensorrt", None)
+        (tmp_path / "tensorrt").mkdir(exist_ok=True)
+        (tmp_path / "tensorrt" / "__init__.py").write_text(source)
+        importlib.invalidate_caches()
+
+    saved = sys.modules.pop("tensorrt", None)
+    yield make
+    sys.modules.pop("tensorrt", None)
+    if saved is not None:
+        sys.modules["tensorrt"] = saved
+
+
+@pytest.mark.parametrize("source,expected", [
+    # the bindings wheel installed without tensorrt-cu12-libs (the placeholder that needs NVIDIA's index)
+    ("raise ImportError('libnvinfer.so.10: cannot open shared object file: No such file or directory')",
+     r"installed but cannot be loaded \(ImportError: libnvinfer\.so\.10: cannot open shared object file"),
+    ("import tensorrt_libs_missing_here", r"installed but cannot be loaded: it needs the module "
+                                           r"'tensorrt_libs_missing_here'"),
+    ("raise OSError('libcudart.so.12: cannot open shared object file')", r"installed but cannot be loaded \(OSError"),
+    ("__version__ = '11.4.0'", r"TensorRT 11\.4\.0 is installed; oodgate's native runner needs TensorRT 10"),
+])
+def test_unavailable_reason_tells_a_missing_library_from_a_missing_package(fake_tensorrt, source, expected):
+    fake_tensorrt(source)
+    reason = tensorrt_unavailable_reason()
+    assert reason is not None and re.search(expected, reason), reason
+    assert "not installed" not in reason.split(":")[0]
+    assert reason.endswith(INSTALL_HINT) and "cu13" not in INSTALL_HINT and "TensorRT 10 for CUDA 12" in INSTALL_HINT
+
+
+def test_unavailable_reason_when_tensorrt_is_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # what an absent package looks like to import
+    reason = tensorrt_unavailable_reason()
+    assert reason.startswith("the native TensorRT runner needs the tensorrt package, which is not installed: "
+                             'pip install "oodgate[tensorrt]" --extra-index-url https://pypi.nvidia.com'), reason
 
 
 @without_tensorrt

@@ -133,3 +133,12 @@ def test_evaluate_gives_the_library_s_metrics(energy_graph, tmp_path):
     for key in ("auroc", "fpr95_id_positive", "accepted_ood_at_tau"):
         assert got["ood"]["noise"][key] == pytest.approx(ref["ood"]["noise"][key], abs=1e-9), key
     assert f"{100 * ref['ood']['noise']['auroc']:.2f}" in proc.stdout
+
+
+def test_triton_repo_and_check(energy_graph, tmp_path):  # -- serving at scale (issue 18) --
+    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    proc = oodgate_without_torch("triton-repo", str(energy_graph), "--repo", str(tmp_path / "repo"), "--name", "gate")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "repo" / "gate" / "1" / "model.onnx").read_bytes() == energy_graph.read_bytes()
+    proc = oodgate_without_torch("triton-check", str(tmp_path / "repo" / "gate"), "--graph", str(energy_graph))
+    assert proc.returncode == 0 and "matches its graph" in proc.stdout, proc.stderr
