@@ -79,7 +79,7 @@ def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path) -> 
     from oodgate.exporter.reference import parity, reference_outputs
     from oodgate.runtime.trt_audit import audit_graph, has_errors
 
-    row: dict = {"model": name, "method": method, "reduced": reduced}
+    row: dict = {"model": name, "method": method, "reduced": reduced, "n": n}
     t0 = time.perf_counter()
     model, size = zoo.build(name, reduced=reduced)
     row["build_s"] = time.perf_counter() - t0
@@ -146,6 +146,10 @@ MOS, which make no assumption on h.
 """
 
 
+def _size(row: dict) -> str:
+    return "reduced" if row.get("reduced") else "224"
+
+
 def _fmt(v: float | None, spec: str = ".2g") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -153,10 +157,10 @@ def _fmt(v: float | None, spec: str = ".2g") -> str:
 def write_doc(rows: list[dict], key: str, args: argparse.Namespace) -> None:
     import zoo_models as zoo
 
-    size = "reduced configs (tests/zoo/zoo_models.py)" if args.reduced else "full size, 224x224"
     lines = [
         "# The model zoo", "",
-        f"Written by `python bench/zoo.py{' --reduced' if args.reduced else ''}` ({size}) on: {machine()}.",
+        "Written by `python bench/zoo.py` (size 224: full-size torchvision/timm models at 224x224; reduced: the CI "
+        f"configs of tests/zoo/zoo_models.py, run with `--reduced`) on: {machine()}.",
         f"Source key {key}. Random weights with realistic scales (BatchNorm statistics re-estimated on real images, "
         "the final Linear trained on real Fashion-MNIST features; no download), 10 classes. Each cell: "
         "calibrate on 200 real ID images, `export()` (noise-floor check), then `oodgate parity` (float64 criterion) "
@@ -167,20 +171,23 @@ def write_doc(rows: list[dict], key: str, args: argparse.Namespace) -> None:
         "own max |float32 - float64| (the noise floor); **ΔAUROC / ΔFPR95** = drift of ORT against the PyTorch "
         "float32 reference on the ID vs OOD images, in points; **ORT ms** = ONNX Runtime CPU, batch 1, median of 5 "
         "(on a shared, loaded machine: compare within a column only).", "",
-        "Only the cells listed here were run; a family or method missing from the table was not run (time).", "",
-        "| model | method | status | logits vs f64 / torch f32 | score vs f64 / torch f32 | ΔAUROC / ΔFPR95 (pt) "
-        "| export s | graph MB | ORT ms | TRT audit | source key |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Only the cells listed here were run; a family or method missing from the table was not run (time). "
+        "**source key**: hash of oodgate's sources when the cell ran (cells of one run share it; this table mixes "
+        "runs of the same session while the code changed — rerun `python bench/zoo.py` to refresh all).", "",
+        "| model | size | method | status | logits vs f64 / torch f32 | score vs f64 / torch f32 | ΔAUROC / ΔFPR95 "
+        "(pt) | export s | graph MB | ORT ms | TRT audit | source key |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("status") not in ("ok", "FAIL") or "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | FAIL | {r.get('error', '?')[:160]} | | | | | | | "
-                         f"{r.get('key', '')} |")
+            lines.append(f"| {r['model']} | {_size(r)} | {r['method']} | FAIL | {r.get('error', '?')[:160]} | | | | "
+                         f"| | | {r.get('key', '')} |")
             continue
         drift = r.get("drift") or {}
-        d = (f"{100 * drift.get('auroc', 0):+.2f} / {100 * drift.get('fpr95', 0):+.2f}" if drift else "–")
+        fpr = max((v for k, v in drift.items() if k.startswith("fpr95")), key=abs, default=0.0)
+        d = (f"{100 * drift.get('auroc', 0):+.2f} / {100 * fpr:+.2f}" if drift else "–")
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['status']} | {_fmt(r['logits_vs64'])} / {_fmt(r['logits_torch_vs64'])}"
+            f"| {r['model']} | {_size(r)} | {r['method']} | {r['status']} | {_fmt(r['logits_vs64'])} / {_fmt(r['logits_torch_vs64'])}"
             f" | {_fmt(r['score_vs64'])} / {_fmt(r['score_torch_vs64'])} | {d} | {r['export_s']:.1f} | "
             f"{r['graph_mb']:.1f} | {r['ort_ms']:.1f} | {r['trt_audit']} | {r.get('key', '')} |")
     lines += ["", "## Penultimate features per family", "",
@@ -214,6 +221,16 @@ def main() -> None:
     tag = "reduced" if args.reduced else "full"
     start = time.perf_counter()
     rows = []
+    if args.write_only:  # every cached cell, full size first, then the reduced configs
+        for size_tag in ("full", "reduced"):
+            for name in models:
+                for method in methods:
+                    cached = CACHE / size_tag / name / f"{method}.json"
+                    if cached.is_file():
+                        entry = json.loads(cached.read_text())
+                        rows.append({**entry["row"], "key": entry.get("key"), "reduced": size_tag == "reduced"})
+        write_doc(rows, key, args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             for method in methods:
