@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -73,6 +74,35 @@ def _add_import_paths(pythonpath: list[Path] | None) -> None:
         entry = str(folder.resolve())
         if entry not in sys.path:
             sys.path.insert(0, entry)
+
+
+def _parse_class_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix.lower() in (".txt", ".json") and path.is_file():
+        if path.suffix.lower() == ".json":
+            try:
+                names = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise OodgateError(f"--class-names {path}: not valid JSON ({exc})") from None
+        else:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in text.split(",")]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise OodgateError(f"--class-names {text!r}: give the class names, comma-separated or one per line in a file")
+    if len(set(names)) != len(names):
+        raise OodgateError(f"--class-names {text!r:.80}: the names must be distinct")
+    return names
+
+
+def _model_trust(cal: Any, model: str | None, trust: bool) -> None:
+    """Let a calibration's module:attr model reference be imported when the user names it again or trusts it."""
+    if model is not None and model != cal.model_ref:
+        raise OodgateError(f"--model {model} is not the model this calibration was made with ({cal.model_ref}): "
+                           "name that one, or re-run calibrate for this model")
+    cal.trust_model = trust or model is not None
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -177,6 +207,11 @@ def calibrate(
                                                     "you trust.")] = False,
     # -- end preprocessing options --
     batch_size: Annotated[int, typer.Option(help="Images per backbone batch.")] = 128,
+    class_names: Annotated[Optional[str], typer.Option(help="The model's class names in output order: "
+                                                            "comma-separated, or a .txt (one per line) / .json "
+                                                            "file; stored in the calibration and the graph.")] = None,
+    class_map: Annotated[Optional[str], typer.Option(help="Map class folders of --data onto the model's classes: "
+                                                          "FOLDER=CLASS,... (CLASS a name or index) or JSON.")] = None,
     force: Force = False,
 ) -> None:
     """Fit a detector on ID data and its threshold on held-out ID data; write a calibration file."""
@@ -200,8 +235,13 @@ def calibrate(
             hold = float(holdout)
         except ValueError:
             hold = _load_data(holdout, skip_unreadable)
+    from .data.sets import parse_class_map
+
+    names = _parse_class_names(class_names)
     cal = run_calibrate(bundle, data, method=method, tpr=tpr, holdout=hold, seed=seed, batch_size=batch_size,
-                        **params)
+                        class_names=names, class_map=parse_class_map(class_map), **params)
+    if cal.model_weights:  # recorded relative to the calibration file, which is where it is resolved from
+        cal.model_weights = os.path.relpath(Path(cal.model_weights).resolve(), output.resolve().parent)
     cal.save(output, overwrite=force)
     _echo(cal.summary())
     _echo(f"wrote {output}")
@@ -211,8 +251,14 @@ def calibrate(
 def export(
     calibration: Annotated[Path, typer.Argument(help="Calibration file made by `oodgate calibrate`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 18).")] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18..25).")] = 18,
     check: Annotated[bool, typer.Option(help="Run ONNX Runtime against PyTorch before reporting success.")] = True,
+    model: Annotated[Optional[str], typer.Option(help="Name the calibration's 'module:factory' model again to "
+                                                      "let it be imported (it is code).")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Import the calibration's 'module:factory' "
+                                                                    "model without naming it.")] = False,
+    recheck_data: Annotated[Optional[str], typer.Option(help="Export with changed weights if the calibrated "
+                                                             "threshold still keeps its TPR on this ID data.")] = None,
     pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import the calibration's "
                                                                   "'module:factory' from (repeatable; the current "
                                                                   "folder is always searched).")] = None,
@@ -237,14 +283,20 @@ def export(
     if triton_repo is not None:  # refuse before the export, not after it
         _triton_target_free(output, triton_repo, triton_name, force)
     cal = load_calibration(calibration)
-    model = None
+    _model_trust(cal, model, trust_model)
+    loaded = None
     if trust_pickle and cal.model_ref and cal.model_weights:
+        if ":" in cal.model_ref and not cal.trust_model:
+            cal.model()  # refuses, naming the reference and --model / --trust-model
         from .models.registry import load_model
 
-        model = load_model(cal.model_ref, weights=cal.model_weights, preprocess=cal.preprocess,
-                           trust_pickle=True).model
-
-    res = run_export(cal, output, model=model, opset=opset, overwrite=force, check=check)
+        loaded = load_model(cal.model_ref, weights=cal.weights_path(), preprocess=cal.preprocess,
+                            trust_pickle=True).model
+    res = run_export(cal, output, model=loaded, opset=opset, overwrite=force, check=check, recheck_data=recheck_data)
+    if res.recheck is not None:
+        r = res.recheck
+        _echo(f"changed weights re-checked on {r['n']} ID images of {r['data']}: {100 * r['accepted']:.1f} % accepted "
+              f"at tau (calibrated TPR {100 * cal.tpr:g} %, tolerance {100 * r['tolerance']:.1f} points)")
     diff = "" if res.max_score_diff is None else f", ORT vs PyTorch max |score diff| {res.max_score_diff:.2g}"
     _echo(f"exported {res.method} to {res.path} (input (N, {', '.join(map(str, res.input_shape))}), "
           f"tau={res.threshold:.6g}{diff}, {res.seconds:.1f} s)")
@@ -431,7 +483,8 @@ def run(
         lines = [f"{'input':<{width}}  {'class':<16} {'score':>10}  decision (tau={pred.threshold:.6g})"]
         for r in records:
             cls = str(r["label"] if r["class"] is None else r["class"])[:16]
-            lines.append(f"{r['input']:<{width}}  {cls:<16} {r['score']:>10.4f}  {'OOD' if r['is_ood'] else 'ID'}")
+            decision = ("OOD" if r["is_ood"] else "ID") + (" (non-finite input)" if r.get("nonfinite_input") else "")
+            lines.append(f"{r['input']:<{width}}  {cls:<16} {r['score']:>10.4f}  {decision}")
         text = "\n".join(lines)
     _write_text(output, text, force)
 
@@ -481,13 +534,15 @@ def evaluate(
     plots: Annotated[bool, typer.Option(help="Draw the report's PNG plots (needs matplotlib: the plots "
                                              "extra).")] = True,
     # -- end report options --
+    class_map: Annotated[Optional[str], typer.Option(help="Map class folders of --id onto the graph's classes: "
+                                                          "FOLDER=CLASS,... (CLASS a name or index) or JSON.")] = None,
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out (and list) image files that cannot be decoded "
                                                        "instead of stopping at the first.")] = False,
     force: Force = False,
 ) -> None:
     """Score an ID set and OOD sets with the graph; print AUROC / FPR95 (both conventions) / AUPR and what other
     thresholds would reject/accept; optionally write a report folder with plots."""
-    from .data.sets import load_image_set
+    from .data.sets import load_image_set, parse_class_map
     from .evaluation.evaluate import evaluate_session, metrics_table
     from .evaluation.report import threshold_options, threshold_table, write_report
     from .runtime.session import Session
@@ -503,7 +558,7 @@ def evaluate(
     id_set = _load_data(id_data, skip_unreadable)
     oods = {name: _load_data(spec, skip_unreadable) for name, spec in _parse_named(ood).items()}
     with Session(graph, provider) as sess:
-        ev = evaluate_session(sess, id_set, oods, batch_size=batch_size)
+        ev = evaluate_session(sess, id_set, oods, batch_size=batch_size, class_map=parse_class_map(class_map))
     _echo(metrics_table([ev]))
     d = ev.to_dict()
     _echo(f"\nthreshold {ev.threshold:.6g}: ID rejected {100 * d['id_rejected_at_tau']:.1f} %; OOD accepted " +
@@ -543,13 +598,25 @@ def parity(
                                                              "comparisons.")] = None,
     golden: Annotated[Optional[Path], typer.Option(help="Compare against a stored golden file instead of "
                                                         "PyTorch.")] = None,
+    allow_skip: Annotated[bool, typer.Option("--allow-skip", help="Let a requested runtime that cannot run here be "
+                                                                  "skipped instead of failing the check.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Name the calibration's 'module:factory' model again to "
+                                                      "let it be imported (it is code).")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Import the calibration's 'module:factory' "
+                                                                    "model without naming it.")] = False,
     pythonpath: Annotated[Optional[list[Path]], typer.Option(help="Folder to import the calibration's "
                                                                   "'module:factory' from (repeatable).")] = None,
     force: Force = False,
 ) -> None:
     """Compare the graph under each runtime with the PyTorch reference (or a golden file); exit 1 on failure."""
     _add_import_paths(pythonpath)
-    tolerances = dict(providers=provider or ["cpu"], atol=atol, rtol=rtol, margin=margin, metric_tol=metric_tol)
+    from .evaluation.parity import check_tolerances
+
+    if limit < 1:
+        raise OodgateError(f"--limit {limit}: give a positive number of inputs")
+    check_tolerances(atol=atol, rtol=rtol, margin=margin, metric_tol=metric_tol)
+    tolerances = dict(providers=provider or ["cpu"], atol=atol, rtol=rtol, margin=margin, metric_tol=metric_tol,
+                      allow_skip=allow_skip)
     if golden is not None:
         from .evaluation.parity import parity as golden_parity  # golden files: no torch needed
 
@@ -564,6 +631,7 @@ def parity(
         from .exporter.reference import reference_outputs
 
         cal = load_calibration(calibration)
+        _model_trust(cal, model, trust_model)
         images = load_image_set(data)
         images = images.subset(list(range(min(limit, len(images)))))
         inputs = cal.preprocess(images.images)
@@ -666,6 +734,10 @@ def main() -> None:
         app()
     except OodgateError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a full disk, a read-only folder...: the file and the reason in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
         sys.exit(2)
 
 

@@ -29,6 +29,8 @@ def _reserve(folder: Path, name: str) -> Path:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:
             continue
+        except OSError as exc:  # a read-only folder, a full disk, no permission: one line naming the folder
+            raise OodgateError(f"cannot write in {folder}: {exc.strerror or exc}") from None
         return tmp
     raise OodgateError(f"cannot create a temporary file in {folder}")  # pragma: no cover - 100 random clashes
 
@@ -84,13 +86,15 @@ def atomic_output(path: str | Path, *, overwrite: bool = False,
                 _publish(ctmp, final, overwrite)
                 published.append(final)
         _publish(tmp, path, overwrite)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
         for ctmp, _ in staged:
             ctmp.unlink(missing_ok=True)
         if not overwrite:  # companions this call published, with no main file left to use them
             for final in published:
                 final.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):  # full disk, read-only, I/O error
+            raise OodgateError(f"cannot write {path}: {exc.strerror or exc} (nothing was written)") from None
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,11 @@ def perturbed_energy_graph(energy_graph, tmp_path_factory) -> Path:
         node.input[:] = ["score_raw" if i == "score" else i for i in node.input]
     model.graph.initializer.append(numpy_helper.from_array(np.array(0.01, np.float32), "score_offset"))
     model.graph.node.append(helper.make_node("Add", ["score_raw", "score_offset"], ["score"]))
+    # re-sealed as a deliberate edit would be (the seal is integrity, not authenticity): parity must catch it
+    from oodgate.runtime.metadata import seal_graph
+
+    seal_graph(model, {k: v for k, v in json.loads(
+        {p.key: p.value for p in model.metadata_props}["oodgate"]).items() if k != "graph_sha256"})
     onnx.checker.check_model(model, full_check=True)
     path = tmp_path_factory.mktemp("perturbed") / "digits-energy-perturbed.onnx"
     onnx.save(model, str(path))

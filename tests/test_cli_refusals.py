@@ -48,7 +48,8 @@ def test_adascale_export_of_an_unsupported_layer_is_one_line_exit_2(tmp_path: Pa
                    "--preprocess", PREPROCESS, "--output", str(cal), extra_path=tmp_path)
     assert made.returncode == 0, made.stderr
     graph = tmp_path / "a.onnx"
-    proc = oodgate("export", str(cal), "--output", str(graph), extra_path=tmp_path)
+    proc = oodgate("export", str(cal), "--output", str(graph), "--model", "maxpool_model:factory",
+                   extra_path=tmp_path)  # a module:attr model from a file is imported only when named again
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

@@ -16,7 +16,7 @@ from ..detectors.threshold import fit_threshold
 from ..errors import FeatureSignWarning, OodgateError
 from ..models.registry import ModelBundle, load_model
 from ..models.split import SplitModel, split_classifier
-from .artifact import Calibration
+from .artifact import Calibration, model_state_hash
 
 #: calibrate warns when more than this share of the ID features is negative for a method that assumes h >= 0
 NEGATIVE_SHARE_WARN = 0.01
@@ -59,21 +59,26 @@ def resolve_images(data: Any, what: str = "ID data") -> ImageSet:
 def calibrate(model: Any, id_data: Any, method: str = "energy", *, tpr: float = 0.95, holdout: float | Any = 0.2,
               seed: int = 0, preprocess: Preprocess | None = None, class_names: list[str] | None = None,
               head: str | None = None, batch_size: int = 128, progress: bool | None = None,
-              **params: Any) -> Calibration:
+              class_map: dict[str, Any] | None = None, **params: Any) -> Calibration:
     """Fit ``method`` on ID data and its threshold at ``tpr`` on held-out ID data; returns a Calibration.
 
-    ``holdout`` is the share of ``id_data`` held out (seeded split) or a separate ID data set.
+    ``holdout`` is the share of ``id_data`` held out (seeded split) or a separate ID data set. Labels of class
+    folders are matched to the model's class names, or mapped with ``class_map`` (folder -> class name or index).
     """
     det = make_detector(method, **params)
     bundle = resolve_model(model, preprocess=preprocess, class_names=class_names, head=head)
     split = split_classifier(bundle.model, head=bundle.head)
-    images = resolve_images(id_data)
+    if bundle.class_names is not None and len(bundle.class_names) != split.num_classes:
+        raise OodgateError(f"{len(bundle.class_names)} class names for a model with {split.num_classes} outputs: give "
+                           "one name per class, in the model's output order")
+    images = model_classes(resolve_images(id_data), bundle.class_names, class_map, det.needs_labels)
     if isinstance(holdout, (int, float)) and not isinstance(holdout, bool):
         if not 0 < holdout < 1:
             raise OodgateError(f"holdout={holdout!r}: give the held-out share in (0, 1), e.g. 0.2")
         held, fit_set = images.split(float(holdout), seed=seed)
     else:
-        fit_set, held = images, resolve_images(holdout, "held-out ID data")
+        fit_set = images
+        held = model_classes(resolve_images(holdout, "held-out ID data"), bundle.class_names, class_map, False)
     if len(fit_set) == 0 or len(held) == 0:
         raise OodgateError(f"need ID samples both to fit ({len(fit_set)}) and to hold out ({len(held)}): give more data")
     if det.needs_labels and fit_set.labels is None:
@@ -100,7 +105,7 @@ def calibrate(model: Any, id_data: Any, method: str = "energy", *, tpr: float = 
         model_ref=bundle.ref, model_head=split.head_path, model_weights=bundle.extra.get("weights"),
         holdout_scores=np.asarray(scores, np.float32),
         counts={"fit": len(fit_set), "holdout": len(held), "accepted_holdout": int(np.sum(scores >= tau))},
-        seed=seed,
+        seed=seed, model_sha256=model_state_hash(split),
     )
     cal._detector, cal._model = det, split
     return cal
@@ -112,6 +117,20 @@ def _feature_sign(split: SplitModel, preprocess: Preprocess, images: ImageSet, n
     with torch.no_grad():
         h = split.features(torch.from_numpy(x))
     return {"negative_share": float((h < 0).float().mean()), "min": float(h.min())}
+
+
+def model_classes(images: ImageSet, class_names: list[str] | None, class_map: dict[str, Any] | None,
+                  labels_needed: bool) -> ImageSet:
+    """``images`` with labels in the model's class order (folder names matched or mapped; see ImageSet.for_classes).
+
+    Folder labels that cannot be matched (the model has no class names and no map is given) are refused where they
+    would be used, instead of silently meaning "index of the sorted folder names"."""
+    images = images.for_classes(class_names, class_map)
+    if labels_needed and images.labels_from == "folders":
+        raise OodgateError(f"the labels of {images.name!r} come from folder names {images.class_names[:6]}, but the "
+                           "model has no class names to match them to: give class_names (--class-names, in the "
+                           "model's output order) or class_map (--class-map FOLDER=INDEX,...)")
+    return images
 
 
 def _check_input(split: SplitModel, preprocess: Preprocess, images: ImageSet) -> None:

@@ -85,6 +85,7 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
         raise OodgateError(f"cannot write {output}: folder {output.parent} does not exist")
     bundle = resolve_model(model, preprocess=preprocess, class_names=class_names, head=head)
     split = split_classifier(bundle.model, head=bundle.head).eval()
+    from .artifact import model_state_hash
     data = resolve_images(images)
     if len(data) == 0:
         raise OodgateError("no images to extract features from: give at least one")
@@ -130,6 +131,7 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
             "rows": len(data), "feature_dim": int(weight.shape[1]), "num_classes": int(weight.shape[0]),
             "has_labels": data.labels is not None, "data_name": data.name, "data_fingerprint": data.fingerprint(),
             "model_ref": bundle.ref, "model_head": split.head_path, "model_weights": bundle.extra.get("weights"),
+            "model_sha256": model_state_hash(split),
             "preprocess": bundle.preprocess.to_dict(), "class_names": bundle.class_names,
             "head_sha256": hashlib.sha256((staging / HEAD_FILE).read_bytes()).hexdigest(), "shards": entries,
         }
@@ -274,8 +276,8 @@ def fit_from_shards(shards: str | Path, method: str = "energy", *, holdout: floa
         fingerprint = fit.manifest["data_fingerprint"]
     else:
         held = open_shards(holdout)
-        for key in ("model_ref", "model_head", "model_weights", "feature_dim", "num_classes"):
-            if held.manifest[key] != fit.manifest[key]:
+        for key in ("model_ref", "model_head", "model_weights", "model_sha256", "feature_dim", "num_classes"):
+            if held.manifest.get(key) != fit.manifest.get(key):
                 raise OodgateError(f"the held-out shards were made with another model ({key}: "
                                    f"{held.manifest[key]!r} vs {fit.manifest[key]!r}): extract both with one model")
         if not (np.array_equal(held.weight, fit.weight) and np.array_equal(held.bias, fit.bias)):
@@ -305,6 +307,7 @@ def fit_from_shards(shards: str | Path, method: str = "energy", *, holdout: floa
         data_fingerprint=fingerprint, model_ref=m["model_ref"], model_head=m["model_head"],
         model_weights=m["model_weights"], holdout_scores=np.asarray(scores, np.float32),
         counts={"fit": n_fit, "holdout": n_held, "accepted_holdout": int(np.sum(scores >= tau))}, seed=seed,
+        model_sha256=m.get("model_sha256"),
     )
     cal._detector = det
     return cal

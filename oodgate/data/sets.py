@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +64,9 @@ class ImageSet:
     images: np.ndarray | list
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
+    #: "folders" when labels are the sorted index of class subfolder names (image_folder), which says nothing about
+    #: a model's class order until mapped with `for_classes`; None for sets whose labels are the data set's own
+    labels_from: str | None = None
     #: files left out because they could not be read, as (path, reason) (``skip_unreadable=True``)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -138,8 +142,69 @@ class ImageSet:
             images=images,
             labels=labels,
             class_names=None if self.class_names is None else list(self.class_names),
+            labels_from=self.labels_from,
             skipped=list(self.skipped),
         )
+
+    def for_classes(self, class_names: Sequence[str] | None, class_map: dict[str, Any] | None = None) -> ImageSet:
+        """This set with labels re-indexed to a model's class order (``class_names``), matched by name.
+
+        ``class_map`` maps this set's class (folder) names to the model's class names or indices explicitly (needed
+        when the model has no class names, or names that cannot be folder names); classes missing from the data
+        are then allowed. Without it, every set class must be a model class and every model class must be present.
+        """
+        if self.labels is None or (class_names is None and not class_map):
+            return self
+        if self.class_names is None:
+            if class_map:
+                raise OodgateError(f"image set {self.name!r} has no class names, so a class map cannot apply: "
+                                   "use a folder with one subfolder per class")
+            return self
+        model = None if class_names is None else [str(c) for c in class_names]
+        if class_map is None and model == self.class_names:  # same names, same order: the labels are the model's
+            return ImageSet(self.name, self.images, self.labels, list(self.class_names), labels_from=None,
+                            skipped=list(self.skipped))
+        mapping = {str(k): v for k, v in (class_map or {}).items()}
+        unused = sorted(set(mapping) - set(self.class_names))
+        if unused:
+            raise OodgateError(f"class map names {unused} that are not classes of {self.name!r} "
+                               f"(its classes: {self.class_names}): fix the map")
+        index: list[int] = []
+        unknown: list[str] = []
+        for name in self.class_names:
+            target = mapping.get(name, None if class_map else name)
+            if target is None:
+                unknown.append(name)
+                continue
+            if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+                limit = len(model) if model is not None else None
+                if target < 0 or (limit is not None and target >= limit):
+                    raise OodgateError(f"class map sends {name!r} to index {target}, outside the model's "
+                                       f"{limit} classes (0..{(limit or 1) - 1})")
+                index.append(int(target))
+            elif model is not None and str(target) in model:
+                index.append(model.index(str(target)))
+            elif model is None and str(target).isdigit():
+                index.append(int(target))
+            else:
+                unknown.append(name)
+        if unknown:
+            hint = (f"the model's classes are {model[:12]}{' …' if model and len(model) > 12 else ''}"
+                    if model is not None else "the model has no class names")
+            raise OodgateError(f"class folder(s) {unknown} of {self.name!r} are not classes of the model ({hint}): "
+                               "rename them, or map them explicitly (class_map / --class-map FOLDER=CLASS)")
+        if len(set(index)) != len(index):
+            raise OodgateError(f"class map sends two classes of {self.name!r} to the same model class: fix the map")
+        if not class_map and model is not None:
+            missing = [c for c in model if c not in self.class_names]
+            if missing:
+                raise OodgateError(f"image set {self.name!r} has no folder for the model's class(es) "
+                                   f"{missing[:12]}{' …' if len(missing) > 12 else ''}: add them, or map the "
+                                   "present folders explicitly (class_map / --class-map FOLDER=CLASS)")
+        lookup = np.asarray(index, dtype=np.int64)
+        names = model if model is not None else [str(i) for i in range(int(lookup.max()) + 1)]
+        return ImageSet(self.name, self.images, lookup[self.labels], list(names), labels_from=None,
+                        skipped=list(self.skipped))
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
         """Seeded disjoint split; the first part holds round(fraction * N) images, both keep their order."""
@@ -582,15 +647,20 @@ def _without_unreadable(found: ImageSet) -> ImageSet:
     return out
 
 
-def image_folder(path: str | os.PathLike, *, skip_unreadable: bool = False) -> ImageSet:
-    """Images in a folder: one subfolder per class (labels from sorted names), or flat (no labels).
+def image_folder(path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                 class_map: dict[str, Any] | None = None, *, skip_unreadable: bool = False) -> ImageSet:
+    """Images in a folder: one subfolder per class, or flat (no labels).
 
-    Class subfolders are searched recursively; hidden files and folders are skipped; paths are sorted.
+    Class subfolders are searched recursively; hidden files and folders are skipped; paths are sorted. Labels are
+    the model's class indices when ``class_names`` (the model's, in output order) or ``class_map`` (folder ->
+    class name or index) is given (see `ImageSet.for_classes`); otherwise the index of the sorted folder names.
     A corrupt or unreadable file is an error when it is read, unless ``skip_unreadable``: then every file is
     decoded up front and those that fail are left out and listed in the set's ``skipped``.
     """
     found = _image_folder(path)
-    return _without_unreadable(found) if skip_unreadable else found
+    if skip_unreadable:
+        found = _without_unreadable(found)
+    return found.for_classes(class_names, class_map) if (class_names is not None or class_map) else found
 
 
 def _image_folder(path: str | os.PathLike) -> ImageSet:
@@ -619,7 +689,8 @@ def _image_folder(path: str | os.PathLike) -> ImageSet:
         labels = np.concatenate(
             [np.full(len(files), i, dtype=np.int64) for i, files in enumerate(per_class.values())]
         )
-        return ImageSet(name=str(folder), images=paths, labels=labels, class_names=class_names)
+        return ImageSet(name=str(folder), images=paths, labels=labels, class_names=class_names,
+                        labels_from="folders")
     if not top_level:
         raise OodgateError(
             f"image folder {folder} holds no images ({extensions}), directly or in class subfolders"
@@ -759,3 +830,31 @@ def load_image_set(spec: str, **kw: Any) -> ImageSet:
             f"bad options {sorted(kw)} for image set {text!r}: {loader.__name__}() says {err}"
         ) from err
     return loader(*args, **kw)
+
+
+def parse_class_map(text: str | os.PathLike | None) -> dict[str, Any] | None:
+    """A class map from the CLI: JSON (an object, inline or in a file) or 'FOLDER=CLASS,FOLDER=CLASS'.
+
+    A value that is an integer (in JSON, or digits in the short form) is a class index; anything else a class name.
+    """
+    if text is None:
+        return None
+    raw = os.fspath(text)
+    path = Path(raw)
+    if path.suffix.lower() == ".json" or raw.lstrip().startswith("{"):
+        try:
+            value = json.loads(path.read_text() if path.suffix.lower() == ".json" else raw)
+        except (OSError, json.JSONDecodeError) as err:
+            raise OodgateError(f"--class-map {raw!r}: not a readable JSON object ({err})") from None
+        if not isinstance(value, dict) or not value or not all(
+                isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value.values()):
+            raise OodgateError(f"--class-map {raw!r}: expected a JSON object FOLDER -> class name or index")
+        return {str(k): v for k, v in value.items()}
+    mapping: dict[str, Any] = {}
+    for item in raw.split(","):
+        folder, sep, target = item.partition("=")
+        if not sep or not folder.strip() or not target.strip():
+            raise OodgateError(f"--class-map {raw!r}: write FOLDER=CLASS pairs, e.g. --class-map 'Boot=Ankle boot,Top=0'")
+        target = target.strip()
+        mapping[folder.strip()] = int(target) if target.isdigit() else target
+    return mapping

@@ -211,7 +211,8 @@ class Detector:
         for key in ("p", "p_w", "p_a", "p_min", "p_max"):
             if key in self.params:
                 val = self.params[key]
-                if not isinstance(val, (int, float)) or not math.isfinite(val) or not 0 <= val < 100:
+                if (isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val)
+                        or not 0 <= val < 100):
                     raise OodgateError(f"parameter {key}={val!r} of '{self.name}' must be a percentile in [0, 100)")
 
     def __repr__(self) -> str:

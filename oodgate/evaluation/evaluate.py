@@ -63,6 +63,8 @@ def score_set(session: Any, name: str, images: Any, labels: np.ndarray | None = 
 
     if len(images) == 0:
         raise OodgateError(f"set {name!r} holds no images: give at least one")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise OodgateError(f"batch_size must be a positive integer, got {batch_size!r}")
     scores, is_ood, predicted = [], [], []
     with progress_bar(len(images), f"score {name}", progress) as bar:
         for start in range(0, len(images), batch_size):
@@ -75,10 +77,17 @@ def score_set(session: Any, name: str, images: Any, labels: np.ndarray | None = 
 
 
 def evaluate_session(session: Any, id_data: Any, ood_data: dict[str, Any], *, batch_size: int = 64,
-                     progress: bool | None = None) -> Evaluation:
-    """Score ID data (an ImageSet) and each named OOD ImageSet with ``session``."""
+                     progress: bool | None = None, class_map: dict[str, Any] | None = None) -> Evaluation:
+    """Score ID data (an ImageSet) and each named OOD ImageSet with ``session``.
+
+    ID labels from class folders are matched to the graph's class names (or mapped with ``class_map``), so that
+    the accuracy compares the graph's label ids with the right classes."""
     if not ood_data:
         raise OodgateError("give at least one OOD set to evaluate against (e.g. --ood textures=ood:textures)")
+    id_data = id_data.for_classes(session.info.class_names, class_map)
+    if id_data.labels is not None and id_data.labels_from == "folders":
+        raise OodgateError(f"the labels of {id_data.name!r} come from folder names {id_data.class_names[:6]}, but the "
+                           "graph has no class names to match them to: map them with --class-map FOLDER=INDEX,...")
     id_scores = score_set(session, id_data.name, id_data.images, id_data.labels, batch_size=batch_size,
                           progress=progress)
     oods = [score_set(session, name, data.images, batch_size=batch_size, progress=progress)

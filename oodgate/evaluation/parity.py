@@ -240,10 +240,13 @@ class ParityReport:
     metric_tol: float = 0.005
     runtimes: list[RuntimeReport] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: whether a requested runtime that cannot run may be skipped; otherwise a skip fails the check
+    allow_skip: bool = False
 
     @property
     def passed(self) -> bool:
-        return bool(self.runtimes) and all(r.passed for r in self.runtimes)
+        return (bool(self.runtimes) and all(r.passed for r in self.runtimes)
+                and (self.allow_skip or not self.skipped))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed}
@@ -262,8 +265,10 @@ class ParityReport:
                 return not verdicts.get(o.output, True) if o is not None else not r.passed
             return not (o.passed if o else r.passed)
 
+        unrun = 0 if self.allow_skip else len(self.skipped)
         suite = ET.Element("testsuite", name="oodgate.parity", tests=str(len(cases) + len(self.skipped)),
-                           failures=str(sum(1 for r, o in cases if failed(r, o))), skipped=str(len(self.skipped)))
+                           failures=str(sum(1 for r, o in cases if failed(r, o))),
+                           errors=str(unrun), skipped=str(len(self.skipped) - unrun))
         for r, o in cases:
             case = ET.SubElement(suite, "testcase", classname=f"parity.{r.runtime}",
                                  name=o.output if o else "run", time=f"{r.seconds:.3f}")
@@ -280,7 +285,10 @@ class ParityReport:
                     f"max abs diff {o.max_abs_diff:.3g}"))
         for name, why in self.skipped.items():
             case = ET.SubElement(suite, "testcase", classname=f"parity.{name}", name="run")
-            ET.SubElement(case, "skipped", message=why)
+            if self.allow_skip:
+                ET.SubElement(case, "skipped", message=why)
+            else:
+                ET.SubElement(case, "error", message=f"requested runtime cannot run: {why}")
         data = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
         return write_atomic(path, data, overwrite=overwrite)
 
@@ -313,9 +321,23 @@ class ParityReport:
                          f"{r.decision_flips_near_threshold}), label mismatches {r.label_mismatches}  "
                          f"{'PASS' if r.passed else 'FAIL'}")
         for name, why in self.skipped.items():
-            lines.append(f"  {name:<14} skipped: {why}")
+            verdict = "skipped (allowed)" if self.allow_skip else "FAIL, cannot run (pass --allow-skip to allow)"
+            lines.append(f"  {name:<14} {verdict}: {why}")
         lines.append("PASS" if self.passed else "FAIL")
         return "\n".join(lines)
+
+
+def check_tolerances(**values: Any) -> None:
+    """Tolerances are finite numbers >= 0 (a NaN tolerance would pass everything); batch_size a positive integer."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name == "batch_size":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise OodgateError(f"batch_size must be a positive integer, got {value!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise OodgateError(f"{name} must be a finite number >= 0, got {value!r} (--{name.replace('_', '-')})")
 
 
 def compare_outputs(runtime: str, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], *, threshold: float,
@@ -330,9 +352,12 @@ def compare_outputs(runtime: str, ref: dict[str, np.ndarray], got: dict[str, np.
             continue
         diff = np.abs(a - b)
         rel = diff / np.maximum(np.abs(b), 1e-30)
-        bad = (diff > atol) & (diff > rtol * np.abs(b))
-        cmp = OutputComparison(name, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), int(bad.sum()),
-                               int(b.size), not bool(bad.any()))
+        # NaN/inf on either side is a mismatch (NaN > atol is False: without this, NaN vs NaN would pass)
+        nonfinite = ~np.isfinite(a) | ~np.isfinite(b)
+        bad = ((diff > atol) & (diff > rtol * np.abs(b))) | nonfinite
+        worst = float("inf") if nonfinite.any() else float(diff.max(initial=0.0))
+        worst_rel = float("inf") if nonfinite.any() else float(rel.max(initial=0.0))
+        cmp = OutputComparison(name, worst, worst_rel, int(bad.sum()), int(b.size), not bool(bad.any()))
         report.outputs.append(cmp)
         report.passed &= cmp.passed
     flips = got["is_ood"].astype(bool) != ref["is_ood"].astype(bool)
@@ -394,7 +419,7 @@ def parity(graph: str | Path, inputs: np.ndarray | None = None, *, golden: str |
            reference: dict[str, np.ndarray] | None = None, reference_name: str = "reference",
            reference_hash: str | None = None, providers: list[str] | None = None, atol: float = 1e-4,
            rtol: float = 1e-4, margin: float | None = None, batch_size: int = 32, ood_inputs: np.ndarray | None = None,
-           metric_tol: float = 0.005, reference64: dict[str, np.ndarray] | None = None,
+           metric_tol: float = 0.005, allow_skip: bool = False, reference64: dict[str, np.ndarray] | None = None,
            floor_factor: float = FLOOR_FACTOR) -> ParityReport:
     """Compare each runtime's outputs of ``graph`` with a golden file or with given ``reference`` outputs. No torch.
 
@@ -402,11 +427,15 @@ def parity(graph: str | Path, inputs: np.ndarray | None = None, *, golden: str |
     with PyTorch); ``reference_hash``: the calibration hash they were made from, checked against the graph's. With
     ``ood_inputs`` (real OOD images, preprocessed), each runtime's change of AUROC / FPR95 against the reference is
     reported too; for reduced-precision runtimes ('…fp16') that metric drift (at most ``metric_tol``, a fraction)
-    is the pass criterion instead of element-wise tolerances. With ``reference64`` (the same reference computed in
+    is the pass criterion instead of element-wise tolerances. A requested runtime that cannot run here fails the
+    check unless ``allow_skip``.
+    With ``reference64`` (the same reference computed in
     float64, on the same inputs), full-precision runtimes are judged by the noise-floor criterion instead of
     atol/rtol (the module docstring); the fixed-tolerance comparison is still reported.
     """
     from ..runtime.metadata import read_graph_info
+
+    check_tolerances(atol=atol, rtol=rtol, margin=margin, metric_tol=metric_tol, batch_size=batch_size)
     from ..runtime.providers import parse_provider_spec, resolve_providers
 
     info = read_graph_info(graph)
@@ -435,14 +464,14 @@ def parity(graph: str | Path, inputs: np.ndarray | None = None, *, golden: str |
     if margin is None:
         margin = max(atol, rtol * abs(info.threshold)) * 10
     report = ParityReport(str(graph), reference_name, int(len(inputs)), atol, rtol, margin, info.threshold, n_ood,
-                          metric_tol)
+                          metric_tol, allow_skip=allow_skip)
     for provider in providers or ["cpu"]:
         label = runtime_label(provider)
         try:
             name, options = parse_provider_spec(provider)
             resolve_providers(name)
         except ProviderError as exc:
-            report.skipped[label] = str(exc).split(":")[0]
+            report.skipped[label] = str(exc)
             continue
         t0 = time.perf_counter()
         try:

@@ -83,6 +83,10 @@ def ood_compare_func(threshold: float, *, atol: Tolerance = 1e-4, rtol: Toleranc
         rules = compare_outputs(runtime.runner_name, ref, got, threshold=threshold, atol=float_atol["logits"],
                                 rtol=float_rtol["logits"], margin=margin)
         out: OrderedDict = OrderedDict((n, elementwise[n]) for n in FLOAT_OUTPUTS)
+        for n in FLOAT_OUTPUTS:  # NaN/inf on either side is a mismatch in every comparison (issue 13)
+            bad = int((~np.isfinite(ref[n].astype(np.float64))).sum() + (~np.isfinite(got[n].astype(np.float64))).sum())
+            if bad:
+                out[n] = _Verdict(False, f"{bad} non-finite (NaN/inf) values in {n}")
         out["is_ood"] = _Verdict(rules.decision_flips == 0,
                                  f"{rules.decision_flips} flips further than {margin:g} from tau "
                                  f"({rules.decision_flips_near_threshold} near it)")

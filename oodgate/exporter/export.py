@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,9 +17,14 @@ from ..errors import ExportError, OodgateError
 from ..evaluation.parity import DISCONTINUOUS_METHODS, FLOOR_FACTOR, floor_report
 from ..files import atomic_output, companion_temp
 from ..models.split import split_classifier
-from ..runtime.metadata import GRAPH_FORMAT, GRAPH_FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from ..runtime.metadata import GRAPH_FORMAT, GRAPH_FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, seal_graph
 from .graph import OodgateGraph, build_graph_module
 from .onnx_export import export_onnx
+
+#: the ONNX opsets oodgate exports (and tests): 18 (the first with the reductions' axes as inputs) up to 25
+MIN_OPSET, MAX_OPSET = 18, 25
+#: how far the share of re-check ID data accepted at tau may be from the calibrated TPR (at least; see recheck)
+RECHECK_TOLERANCE = 0.02
 
 #: protobuf's 2 GB limit: larger models keep their weights in an external data file next to the graph
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -39,6 +43,8 @@ class ExportResult:
     ops: dict[str, int] = field(default_factory=dict)
     #: the external data file (weights) beside the graph, for models above EXTERNAL_DATA_BYTES
     external_data: Path | None = None
+    #: how changed weights were re-checked on ID data (export(..., recheck_data=...)), else None
+    recheck: dict[str, Any] | None = None
 
 
 def graph_metadata(calibration: Calibration, input_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -50,8 +56,42 @@ def graph_metadata(calibration: Calibration, input_shape: tuple[int, int, int]) 
         "class_names": calibration.class_names, "input_name": INPUT_NAME, "input_shape": list(input_shape),
         "outputs": list(OUTPUT_NAMES), "calibration_hash": calibration.checksum(),
         "data_fingerprint": calibration.data_fingerprint, "model_ref": calibration.model_ref,
-        "score_orientation": "higher = in-distribution; is_ood = score < threshold",
+        "score_orientation": "higher = in-distribution; is_ood = NOT(threshold <= score < inf)",
+        "model_sha256": calibration.model_sha256,
     }
+
+
+def check_opset(opset: Any) -> int:
+    """The opset as an int within the supported range (a silent fallback to 18 would hide a typo)."""
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise OodgateError(f"opset {opset!r} is outside the supported range {MIN_OPSET}..{MAX_OPSET}: pass "
+                           f"--opset {MIN_OPSET} (the default) or another opset in that range")
+    return int(opset)
+
+
+@torch.no_grad()
+def recheck_threshold(calibration: Calibration, split: Any, data: Any, *, batch_size: int = 128) -> dict[str, Any]:
+    """Score ID ``data`` with changed weights and the calibrated threshold; refuse if the share accepted moved away
+    from the calibrated TPR by more than RECHECK_TOLERANCE (or 3 binomial standard errors, if larger)."""
+    from ..calibration.calibrate import model_classes, resolve_images
+
+    images = model_classes(resolve_images(data, "re-check ID data"), calibration.class_names, None, False)
+    module = build_graph_module(calibration, split)
+    scores = []
+    for x, _ in images.batches(calibration.preprocess, batch_size):
+        scores.append(module(torch.from_numpy(x))[1].numpy())
+    score = np.concatenate(scores)
+    accepted = float(np.mean(np.isfinite(score) & (score >= np.float32(calibration.threshold))))
+    tpr = calibration.tpr
+    tol = max(RECHECK_TOLERANCE, 3 * float(np.sqrt(tpr * (1 - tpr) / len(score))))
+    if abs(accepted - tpr) > tol:
+        raise ExportError(f"with the new weights the threshold accepts {100 * accepted:.1f} % of {len(score)} ID "
+                          f"images of {images.name!r}, not the calibrated {100 * tpr:g} % (tolerance "
+                          f"{100 * tol:.1f} points): re-run calibrate for these weights")
+    from ..calibration.artifact import model_state_hash
+
+    return {"data": images.name, "n": int(len(score)), "accepted": accepted, "tolerance": tol,
+            "model_sha256": model_state_hash(split)}
 
 
 def _external_tensors(proto: Any) -> list[Any]:
@@ -69,13 +109,18 @@ def _set_location(tensors: list[Any], location: str) -> None:
 
 def export(calibration: Calibration, path: str | Path, *, model: Any = None, opset: int = 18,
            overwrite: bool = False, check: bool = True, check_inputs: np.ndarray | None = None,
-           floor_factor: float = FLOOR_FACTOR) -> ExportResult:
+           floor_factor: float = FLOOR_FACTOR, trust_model: bool = False,
+           recheck_data: Any = None) -> ExportResult:
     """Export ``calibration`` (backbone + detector head + threshold) to one ONNX graph at ``path``.
 
     The graph is checked with onnx.checker (full_check) and, with ``check``, run by ONNX Runtime against the
     PyTorch reference on inputs other than the export example (the noise-floor criterion: within
     ``floor_factor`` times PyTorch float32's own distance to float64, see oodgate.evaluation.parity); only then is it published (with its external data
     file ``<path>.data`` for models above 1.8 GB), never over an existing file unless ``overwrite``.
+
+    A model whose weights differ from the calibrated ones is refused, unless ``recheck_data`` (ID images) shows
+    that the calibrated threshold still keeps the calibrated TPR with them. A ``module:attr`` model reference read
+    from a calibration file is imported only with ``trust_model`` (or pass ``model=``).
     """
     import onnx
 
@@ -85,10 +130,19 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
         raise OodgateError(f"{path} exists: choose another path or overwrite it (--force / overwrite=True)")
     if not path.parent.is_dir():
         raise OodgateError(f"cannot write {path}: folder {path.parent} does not exist")
-    if opset < 18:
-        raise OodgateError(f"opset {opset} is too old: oodgate exports with opset >= 18")
+    opset = check_opset(opset)
     t0 = time.perf_counter()
-    split = split_classifier(model, head=calibration.model_head) if model is not None else calibration.model()
+    if trust_model:
+        calibration.trust_model = True
+    if model is not None:
+        split = split_classifier(model, head=calibration.model_head)
+    else:
+        split = calibration.model(verify_state=recheck_data is None)
+    recheck = None
+    if recheck_data is not None:
+        recheck = recheck_threshold(calibration, split, recheck_data)
+    else:
+        calibration.check_model(split)
     module = build_graph_module(calibration, split)
     input_shape = calibration.preprocess.input_shape
     gen = torch.Generator().manual_seed(1234)
@@ -117,27 +171,29 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
         finally:
             raw_data.unlink(missing_ok=True)
         meta = graph_metadata(calibration, input_shape)
-        del proto.metadata_props[:]
-        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
-        proto.metadata_props.add(key="oodgate.method", value=calibration.method)
-        proto.metadata_props.add(key="oodgate.threshold", value=repr(calibration.threshold))
+        if recheck is not None:
+            meta["model_sha256"] = recheck.pop("model_sha256")
+            meta["recheck"] = recheck
         proto.producer_name, proto.producer_version = "oodgate", __version__
         proto.doc_string = (f"oodgate {calibration.method} OOD gate: outputs logits, score (higher = ID), "
-                            f"is_ood (score < {calibration.threshold:.6g}), label")
+                            f"is_ood (NOT {calibration.threshold:.6g} <= score < inf), label")
+        staged = {data_tmp.name: data_tmp} if tensors else None
+        seal_graph(proto, meta, tmp.parent, staged)
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
         ops: dict[str, int] = {}
         for node in proto.graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
         result = ExportResult(path, calibration.method, calibration.threshold, input_shape, 0.0, ops=ops,
-                              external_data=data_path if tensors else None)
+                              external_data=data_path if tensors else None, recheck=recheck)
         if check:
             if check_inputs is None:
                 check_inputs = torch.randn((3, *input_shape), generator=gen).numpy()
             result.max_score_diff = check_against_reference(tmp, module, check_inputs, factor=floor_factor,
                                                             method=calibration.method)
-        if tensors:  # the published graph names its data file by the published name
+        if tensors:  # the published graph names its data file by the published name (sealed with that name)
             _set_location(tensors, data_path.name)
+            seal_graph(proto, meta, tmp.parent, {data_path.name: data_tmp})
             onnx.save(proto, str(tmp))
     result.seconds = time.perf_counter() - t0
     return result
@@ -160,6 +216,11 @@ def check_against_reference(graph_path: str | Path, module: OodgateGraph, inputs
     values = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})
     got = dict(zip(OUTPUT_NAMES, values))
     ref32 = module_outputs(module, inputs)
+    nonfinite = ~np.isfinite(got["score"]) | ~np.isfinite(ref32["score"])
+    if np.any(nonfinite):
+        raise ExportError(f"the check gave {int(nonfinite.sum())} non-finite (NaN/inf) score(s) of {len(nonfinite)} "
+                          "(ONNX Runtime or PyTorch): a graph that scores its check inputs NaN is not exported; check "
+                          "the model, the preprocessing and the check inputs")
     ref64 = module_outputs(module, inputs, float64=True)
     report = floor_report(got, ref32, ref64, threshold=float(module.threshold), factor=factor,
                           judge_outputs=method not in DISCONTINUOUS_METHODS)

@@ -27,7 +27,11 @@ def reference_outputs(calibration: Calibration, inputs: np.ndarray, *, model: An
     With ``float64``, the same module computed in float64 (weights, buffers and inputs converted; AdaSCALE's
     traced gradient graph runs retyped): the reference of the noise-floor criterion.
     """
-    split = split_classifier(model, head=calibration.model_head) if model is not None else calibration.model()
+    if model is not None:
+        split = split_classifier(model, head=calibration.model_head)
+        calibration.check_model(split)
+    else:
+        split = calibration.model()
     return module_outputs(build_graph_module(calibration, split), inputs, device=device, batch_size=batch_size,
                           float64=float64)
 
@@ -59,14 +63,14 @@ def parity(graph: str | Path, inputs: np.ndarray | None, *, calibration: Calibra
            golden: str | Path | None = None, providers: list[str] | None = None, atol: float = 1e-4,
            rtol: float = 1e-4, margin: float | None = None, batch_size: int = 32, model: Any = None,
            ood_inputs: np.ndarray | None = None, metric_tol: float = 0.005,
-           reference_device: str | None = None, float64: bool = True) -> ParityReport:
+           reference_device: str | None = None, allow_skip: bool = False, float64: bool = True) -> ParityReport:
     """Compare each runtime's outputs of ``graph`` with the PyTorch reference (``calibration``) or a golden file.
 
     See ``oodgate.evaluation.parity.parity`` for the criteria; this computes the reference outputs first: PyTorch
     float32 and, with ``float64`` (default), float64, so that runtimes are judged by the noise-floor criterion.
     """
     common = dict(providers=providers, atol=atol, rtol=rtol, margin=margin, batch_size=batch_size,
-                  metric_tol=metric_tol)
+                  metric_tol=metric_tol, allow_skip=allow_skip)
     if golden is not None:
         return compare_with_reference(graph, golden=golden, **common)
     if calibration is None:

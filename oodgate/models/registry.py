@@ -116,6 +116,11 @@ def register_model(name: str, factory: Callable[[], ModelBundle]) -> None:
     BUILTIN_MODELS[name] = factory
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
 def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Preprocess | None = None,
                class_names: list[str] | None = None, head: str | None = None,
                pythonpath: Sequence[str | Path] = (), trust_pickle: bool = False) -> ModelBundle:
@@ -138,7 +143,7 @@ def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Prepr
         from .checkpoint import load_weights
 
         bundle.extra["checkpoint"] = load_weights(bundle.model, weights, ref=ref, trust_pickle=trust_pickle)
-        bundle.extra["weights"] = str(Path(weights))
+        bundle.extra["weights"] = str(Path(weights).resolve())
     if preprocess is not None:
         bundle.preprocess = preprocess
     if class_names is not None:

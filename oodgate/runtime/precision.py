@@ -171,12 +171,39 @@ def find_pooled(model: Any) -> tuple[list[str], dict[str, list[str]], str]:
                        "or export the classifier with a final nn.Linear")
 
 
+def input_guard_nodes(model: Any) -> list[str]:
+    """The nodes of the graph's non-finite-input guard (sum(input * 0), added to the score): Mul of the graph
+    input by a constant 0, then ReduceSum/Cast. Kept in FP32 with the head, so that FP16 sees the input's own NaN/inf."""
+    from .onnx_graph import constant_values
+
+    nodes = graph_nodes(model.graph)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = {vi.name for vi in model.graph.input} - inits
+    values = constant_values(model.graph)
+    users = consumers(nodes)
+    found: list[str] = []
+    for node in nodes:
+        if node.op != "Mul" or not inputs & set(node.inputs):
+            continue
+        others = [values.get(i) for i in node.inputs if i not in inputs]
+        if len(others) != 1 or others[0] is None or others[0].size != 1 or float(others[0].reshape(())) != 0.0:
+            continue
+        chain, current = [node.name], node
+        while len(next_users := [u for o in current.outputs for u in users.get(o, ())]) == 1 and \
+                next_users[0].op in ("ReduceSum", "Cast"):
+            current = next_users[0]
+            chain.append(current.name)
+        found.extend(chain)
+    return found
+
+
 def fp32_head_plan(path_or_model: Any, *, include_pooling: bool = True) -> PrecisionPlan:
     """The nodes of an oodgate graph that stay in FP32 in an FP16 TensorRT engine (the detector head)."""
     model = infer_shapes(load_model(path_or_model))
     pooled, chains, rule = find_pooled(model)
     nodes = graph_nodes(model.graph)
     region = head_region(nodes, pooled)
+    region.update(input_guard_nodes(model))
     pool_nodes: list[str] = []
     if include_pooling:
         for p in pooled:

@@ -16,6 +16,17 @@ from .providers import (NATIVE_TENSORRT, PROVIDER_NAMES, ProviderError, Provider
                         onnxruntime_module, resolve_providers, session_providers)
 
 
+def check_threshold(value: Any) -> float:
+    """A user-given threshold as a finite float; NaN/inf (which would accept or reject everything) are refused."""
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        raise OodgateError(f"threshold {value!r} is not a number: give a finite float, e.g. --threshold 4.2") from None
+    if isinstance(value, bool) or not np.isfinite(tau):
+        raise OodgateError(f"threshold {value!r} is not a finite number: give a finite float, e.g. --threshold 4.2")
+    return tau
+
+
 def ort_session(path: str, providers: Sequence[Any], *, threads: int | None = None,
                 provider_options: Sequence[dict[str, Any]] | None = None) -> Any:
     """An onnxruntime.InferenceSession with full graph optimisation."""
@@ -42,6 +53,9 @@ class Prediction:
     labels: np.ndarray
     threshold: float
     class_names: list[str] | None = None
+    #: True where the preprocessed input held NaN/inf values (its score is then not trustworthy; is_ood is True
+    #: whenever the score is non-finite)
+    nonfinite_input: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -55,6 +69,8 @@ class Prediction:
             rec: dict[str, Any] = {"input": names[i] if names else i, "label": label,
                                    "class": self.class_names[label] if known else None,
                                    "score": float(self.scores[i]), "is_ood": bool(self.is_ood[i])}
+            if self.nonfinite_input is not None and self.nonfinite_input[i]:
+                rec["nonfinite_input"] = True
             out.append(rec)
         return out
 
@@ -140,16 +156,22 @@ class Session:
                 images.ndim == 2 or (images.ndim == 3 and (images.shape[-1] in (1, 3, 4)
                                                           or tuple(images.shape) == tuple(self.input_shape)))):
             images = [images]  # one image (H, W), (H, W, C) or preprocessed (C, H, W), as Preprocess reads it
+        tau = self.threshold if threshold is None else check_threshold(threshold)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise OodgateError(f"batch_size must be a positive integer, got {batch_size!r}")
         outs: list[dict[str, np.ndarray]] = []
+        flags: list[np.ndarray] = []
         for start in range(0, len(images), batch_size):
-            outs.append(self.run_array(self.preprocess(images[start:start + batch_size])))
+            x = self.preprocess(images[start:start + batch_size])
+            flags.append(~np.isfinite(np.asarray(x, np.float32)).reshape(len(x), -1).all(axis=1))
+            outs.append(self.run_array(x))
         if not outs:
             raise OodgateError("no inputs to run: give at least one image")
         joined = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-        tau = self.threshold if threshold is None else float(threshold)
-        is_ood = joined["is_ood"] if threshold is None else joined["score"] < np.float32(tau)
-        return Prediction(joined["logits"], joined["score"], is_ood.astype(bool), joined["label"], tau,
-                          self.info.class_names)
+        scores = joined["score"]
+        is_ood = joined["is_ood"] if threshold is None else ~((scores >= np.float32(tau)) & (scores < np.inf))
+        return Prediction(joined["logits"], scores, is_ood.astype(bool), joined["label"], tau,
+                          self.info.class_names, np.concatenate(flags))
 
 
 def open_session(graph: str | Path, spec: str, **session_kwargs: Any) -> Session:

@@ -188,8 +188,9 @@ def test_parity_skips_missing_provider(digits_calibration, energy_graph, digits_
     assert [r.runtime for r in report.runtimes] == ["ort-cpu"]
     assert [k.endswith("cuda") for k in report.skipped] == [True]  # named 'cuda' or 'ort-cuda'
     assert "CUDAExecutionProvider" in next(iter(report.skipped.values()))
-    assert report.passed
-    only_cuda = parity(energy_graph, x, calibration=cal, providers=["cuda"])
+    assert not report.passed  # a requested runtime that cannot run fails the check (issue 13) ...
+    assert parity(energy_graph, x, calibration=cal, providers=["cpu", "cuda"], allow_skip=True).passed  # ... unless
+    only_cuda = parity(energy_graph, x, calibration=cal, providers=["cuda"], allow_skip=True)
     assert not only_cuda.passed and not only_cuda.runtimes  # nothing ran: no pass
 
 
@@ -282,7 +283,7 @@ def test_reports_as_json_and_junit(digits_calibration, energy_graph, perturbed_e
     cal = digits_calibration("energy")
     x = cal.preprocess(digits_test.images[:12])
     for graph, ok in ((energy_graph, True), (perturbed_energy_graph, False)):
-        report = parity(graph, x, calibration=cal, providers=["cpu", "tensorrt"])
+        report = parity(graph, x, calibration=cal, providers=["cpu", "tensorrt"], allow_skip=True)
         js = json.loads(report.write_json(tmp_path / f"{ok}.json").read_text())
         assert js["passed"] is ok and js["n_inputs"] == 12 and js["atol"] == 1e-4
         assert js["runtimes"][0]["runtime"] == "ort-cpu"

@@ -12,6 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from oodgate.runtime.metadata import reseal_graph
+
 import oodgate.runtime.tensorrt as trt_runner
 from oodgate.runtime import Session
 from oodgate.runtime.engine_cache import sidecar_path
@@ -145,6 +147,7 @@ def test_a_re_exported_graph_is_rebuilt_with_a_warning(fake_gpu, energy_graph, t
     trt_session(graph, tmp_path / "cache").close()
     model = onnx.load(str(graph))
     model.doc_string = "re-exported"
+    reseal_graph(model)  # a deliberate edit, re-sealed (an unsealed edit is refused on load, issue 13)
     onnx.save(model, str(graph))
     with pytest.warns(UserWarning, match="graph_sha256"):
         with trt_session(graph, tmp_path / "cache") as sess:
@@ -180,6 +183,7 @@ def test_a_stale_explicit_engine_file_is_rebuilt_in_place(fake_gpu, energy_graph
     trt_session(graph, tmp_path / "cache", engine_path=deployed).close()
     model = onnx.load(str(graph))
     model.doc_string = "re-exported"
+    reseal_graph(model)  # a deliberate edit, re-sealed (an unsealed edit is refused on load, issue 13)
     onnx.save(model, str(graph))
     with pytest.warns(UserWarning, match="graph_sha256"):
         with trt_session(graph, tmp_path / "cache", engine_path=deployed) as sess:

@@ -90,7 +90,9 @@ def test_parity_skips_trt_native_with_the_reason(energy_graph, digits_calibratio
     x = np.random.default_rng(0).normal(size=(4, 1, 16, 16)).astype(np.float32)
     report = parity(energy_graph, x, calibration=cal, providers=["cpu", "trt-native"])
     assert "trt-native" in report.skipped and "tensorrt" in report.skipped["trt-native"]
-    assert report.passed  # the CPU runtime passed; the missing one is reported as skipped, not as a pass
+    assert not report.passed  # a requested runtime that cannot run fails the check (issue 13) ...
+    allowed = parity(energy_graph, x, calibration=cal, providers=["cpu", "trt-native"], allow_skip=True)
+    assert allowed.passed and "trt-native" in allowed.skipped  # ... unless skipping is allowed explicitly
 
 
 # -- on a GPU with TensorRT ------------------------------------------------------------------------------------------

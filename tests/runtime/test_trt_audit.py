@@ -188,6 +188,9 @@ def test_inspect_trt_check_exits_1_on_errors(energy_graph, tmp_path):
 
     model = onnx.load(str(energy_graph))
     model.graph.node.append(helper.make_node("Unique", ["score"], ["uniq"], name="unsupported_unique"))
+    from oodgate.runtime.metadata import reseal_graph
+
+    reseal_graph(model)  # a deliberate edit, re-sealed: the audit, not the seal, must find it
     bad = tmp_path / "with-unique.onnx"
     onnx.save(model, str(bad))
     res = CliRunner().invoke(app, ["inspect", str(bad), "--trt-check"])
