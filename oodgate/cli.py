@@ -585,8 +585,10 @@ def parity(
     metric_tol: Annotated[float, typer.Option(help="Largest AUROC/FPR95 change (fraction) allowed for fp16 "
                                                    "runtimes, which are judged on metrics, not elements.")] = 0.005,
     limit: Annotated[int, typer.Option(help="Use at most this many inputs (per set).")] = 256,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance (fail only where atol AND rtol are "
-                                             "exceeded).")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Golden files: absolute tolerance (fail only where atol AND rtol "
+                                             "are exceeded). Against PyTorch, runtimes are judged against float64 "
+                                             "by the noise-floor criterion (README) and atol/rtol are reported "
+                                             "only.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-4,
     margin: Annotated[Optional[float], typer.Option(help="is_ood may differ only within this distance of tau "
                                                          "(default 10 x tolerance).")] = None,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class FeatureSignWarning(UserWarning):
+    """A method that assumes non-negative features was calibrated on signed features (e.g. ViT, Swin, ConvNeXt)."""
+
+
 class OodgateError(ValueError):
     """Bad input or state: the message says what was wrong and what to do."""
 

@@ -242,7 +242,8 @@ def test_parity_exit_1_on_perturbed_graph(runner, perturbed_energy_graph, energy
     suite = ET.parse(junit).getroot()
     assert suite.get("failures") == "1"
     (failed,) = [c for c in suite.iter("testcase") if c.find("failure") is not None]
-    assert failed.get("name") == "score" and "16/16" in failed.find("failure").get("message")
+    # judged against float64: the score is further from it than PyTorch float32's own noise floor allows
+    assert failed.get("name") == "score" and "to float64" in failed.find("failure").get("message")
 
 
 def test_parity_refuses_another_calibration(runner, digits_calibration, energy_graph, tmp_path, monkeypatch,

@@ -173,7 +173,9 @@ class Calibration:
     def summary(self) -> str:
         """One line: method, parameters, threshold."""
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.method}({params}) tau={self.threshold:.6g} at TPR {self.tpr:g} ({self.counts})"
+        line = f"{self.method}({params}) tau={self.threshold:.6g} at TPR {self.tpr:g} ({self.counts})"
+        warning = self.info.get("feature_warning") if isinstance(self.info, dict) else None
+        return f"{line}\nwarning: {warning}" if warning else line
 
 
 def _bad(path: Path, field: str, value: Any, want: str) -> ArtifactError:

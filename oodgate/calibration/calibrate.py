@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,10 +13,13 @@ from ..data.preprocess import Preprocess
 from ..data.sets import ImageSet, load_image_set
 from ..detectors.registry import detector as make_detector
 from ..detectors.threshold import fit_threshold
-from ..errors import OodgateError
+from ..errors import FeatureSignWarning, OodgateError
 from ..models.registry import ModelBundle, load_model
 from ..models.split import SplitModel, split_classifier
 from .artifact import Calibration, model_state_hash
+
+#: calibrate warns when more than this share of the ID features is negative for a method that assumes h >= 0
+NEGATIVE_SHARE_WARN = 0.01
 
 
 def resolve_model(model: Any, *, preprocess: Preprocess | None = None, class_names: list[str] | None = None,
@@ -84,8 +88,17 @@ def calibrate(model: Any, id_data: Any, method: str = "energy", *, tpr: float = 
                   class_names=bundle.class_names)
     scores = det.score_model(split, held.batches(bundle.preprocess, batch_size), progress=progress, n=len(held))
     tau = fit_threshold(scores, tpr)
+    info = _jsonable(det.fit_info())
+    if det.assumes_nonnegative_features:
+        sign = _feature_sign(split, bundle.preprocess, held)
+        if sign["negative_share"] > NEGATIVE_SHARE_WARN:
+            info["feature_warning"] = (
+                f"'{det.name}' assumes non-negative (ReLU-pooled) features, but {100 * sign['negative_share']:.1f} % "
+                f"of this model's ID features are negative (min {sign['min']:.3g}): its clipping/pruning then acts on "
+                "signed LayerNorm/SiLU outputs, not activation strengths (docs/ZOO.md); compare with energy / msp / mos")
+            warnings.warn(info["feature_warning"], FeatureSignWarning, stacklevel=2)
     cal = Calibration(
-        method=det.name, params=_jsonable(det.params), state=det.fitted_state(), info=_jsonable(det.fit_info()),
+        method=det.name, params=_jsonable(det.params), state=det.fitted_state(), info=info,
         threshold=tau, tpr=float(tpr), preprocess=bundle.preprocess, class_names=bundle.class_names,
         data_fingerprint=images.fingerprint() if isinstance(holdout, float) else
         fit_set.fingerprint() + "+" + held.fingerprint(),
@@ -96,6 +109,14 @@ def calibrate(model: Any, id_data: Any, method: str = "energy", *, tpr: float = 
     )
     cal._detector, cal._model = det, split
     return cal
+
+
+def _feature_sign(split: SplitModel, preprocess: Preprocess, images: ImageSet, n: int = 32) -> dict[str, float]:
+    """Share of negative entries and the minimum of the features h of (up to n) ID images."""
+    x, _ = next(images.subset(np.arange(min(n, len(images)))).batches(preprocess, n))
+    with torch.no_grad():
+        h = split.features(torch.from_numpy(x))
+    return {"negative_share": float((h < 0).float().mean()), "min": float(h.min())}
 
 
 def model_classes(images: ImageSet, class_names: list[str] | None, class_map: dict[str, Any] | None,

@@ -154,6 +154,7 @@ class _LogitsAndFeatures(nn.Module):
 
 
 class _AdaSCALE(Detector):
+    assumes_nonnegative_features = True
     variant = "a"
     defaults = {"p_min": 80.0, "p_max": 85.0, "o": 0.05, "eps": 0.5, "k1": 1.0, "k2": 5.0, "lam": 10.0,
                 "n_fit": 5000, "seed": 0}

@@ -36,6 +36,7 @@ class ASHHead(DetectorHead):
 
 
 class _ASH(Detector):
+    assumes_nonnegative_features = True
     variant = "p"
     defaults = {"p": 90.0}
     fitted_info = ()

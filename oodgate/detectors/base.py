@@ -193,6 +193,9 @@ class Detector:
     needs_labels: ClassVar[bool] = False
     #: "features": fitted and scored on pooled features; "images": only through the model (fit_model/score_model)
     input_kind: ClassVar[str] = "features"
+    #: the method was designed for non-negative (ReLU-pooled) features h: it clips, prunes or ranks h as
+    #: activation strengths (calibrate warns when the ID features are signed, e.g. ViT / Swin / ConvNeXt)
+    assumes_nonnegative_features: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

@@ -38,6 +38,7 @@ class DICE(Detector):
 
     ``clip``: None (plain DICE), a number, or 'pNN' (percentile NN of all ID activations, e.g. 'p90' = ReAct).
     """
+    assumes_nonnegative_features = True
 
     name = "dice"
     defaults = {"p": 70.0, "clip": None}

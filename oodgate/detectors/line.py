@@ -113,6 +113,7 @@ class LINe(Detector):
     (the ground-truth classes); without labels the classifier's predictions are used. A class with no fit
     sample uses the mean over all samples (counted in ``fit_info()['empty_classes']``).
     """
+    assumes_nonnegative_features = True
 
     name = "line"
     defaults = {"p_w": 10.0, "p_a": 10.0, "clip": "p90"}

@@ -30,6 +30,7 @@ class ReActHead(DetectorHead):
 
 class ReAct(Detector):
     """ReAct: c = perc(all ID activations, p), p = 90 by default."""
+    assumes_nonnegative_features = True
 
     name = "react"
     defaults = {"p": 90.0}

@@ -25,6 +25,7 @@ class SCALEHead(DetectorHead):
 
 class SCALE(Detector):
     """SCALE with p = 85 by default."""
+    assumes_nonnegative_features = True
 
     name = "scale"
     defaults = {"p": 85.0}

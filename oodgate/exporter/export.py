@@ -14,6 +14,7 @@ import torch
 from .._version import __version__
 from ..calibration.artifact import Calibration
 from ..errors import ExportError, OodgateError
+from ..evaluation.parity import DISCONTINUOUS_METHODS, FLOOR_FACTOR, floor_report
 from ..files import atomic_output, companion_temp
 from ..models.split import split_classifier
 from ..progress import show_progress
@@ -123,12 +124,13 @@ class _Stages:
 
 def export(calibration: Calibration, path: str | Path, *, model: Any = None, opset: int = 18,
            overwrite: bool = False, check: bool = True, check_inputs: np.ndarray | None = None,
-           atol: float = 1e-4, rtol: float = 1e-4, trust_model: bool = False,
+           floor_factor: float = FLOOR_FACTOR, trust_model: bool = False,
            recheck_data: Any = None, progress: bool | None = None) -> ExportResult:
     """Export ``calibration`` (backbone + detector head + threshold) to one ONNX graph at ``path``.
 
     The graph is checked with onnx.checker (full_check) and, with ``check``, run by ONNX Runtime against the
-    PyTorch reference on inputs other than the export example; only then is it published (with its external data
+    PyTorch reference on inputs other than the export example (the noise-floor criterion: within
+    ``floor_factor`` times PyTorch float32's own distance to float64, see oodgate.evaluation.parity); only then is it published (with its external data
     file ``<path>.data`` for models above 1.8 GB), never over an existing file unless ``overwrite``.
 
     A model whose weights differ from the calibrated ones is refused, unless ``recheck_data`` (ID images) shows
@@ -212,7 +214,8 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
         if check:
             if check_inputs is None:
                 check_inputs = torch.randn((3, *input_shape), generator=gen).numpy()
-            result.max_score_diff = check_against_reference(tmp, module, check_inputs, atol=atol, rtol=rtol)
+            result.max_score_diff = check_against_reference(tmp, module, check_inputs, factor=floor_factor,
+                                                            method=calibration.method)
         if tensors:  # the published graph names its data file by the published name (sealed with that name)
             _set_location(tensors, data_path.name)
             seal_graph(proto, meta, tmp.parent, {data_path.name: data_tmp})
@@ -223,30 +226,34 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
 
 
 @torch.no_grad()
-def check_against_reference(graph_path: str | Path, module: OodgateGraph, inputs: np.ndarray, *, atol: float,
-                            rtol: float) -> float:
-    """Run the graph with ONNX Runtime (CPU) and the module with PyTorch; raise ExportError on a mismatch.
+def check_against_reference(graph_path: str | Path, module: OodgateGraph, inputs: np.ndarray, *,
+                            factor: float = FLOOR_FACTOR, method: str = "") -> float:
+    """Run the graph with ONNX Runtime (CPU) and judge it by the noise-floor criterion; ExportError on a mismatch.
 
-    Returns the largest absolute score difference.
+    The module is run by PyTorch in float32 and in float64: the graph passes when its outputs are within
+    ``factor`` times PyTorch float32's own distance to float64 (plus a tiny atol), with labels and decisions
+    agreeing with float64 away from ties and tau (oodgate.evaluation.parity). Returns the largest absolute score
+    difference between ONNX Runtime and PyTorch float32.
     """
     from ..runtime.session import ort_session
+    from .reference import module_outputs
 
     sess = ort_session(str(graph_path), ["CPUExecutionProvider"])
-    got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})
-    ref = [t.numpy() for t in module(torch.from_numpy(np.asarray(inputs, dtype=np.float32)))]
-    nonfinite = ~np.isfinite(got[1]) | ~np.isfinite(ref[1])
+    values = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(inputs, dtype=np.float32)})
+    got = dict(zip(OUTPUT_NAMES, values))
+    ref32 = module_outputs(module, inputs)
+    nonfinite = ~np.isfinite(got["score"]) | ~np.isfinite(ref32["score"])
     if np.any(nonfinite):
         raise ExportError(f"the check gave {int(nonfinite.sum())} non-finite (NaN/inf) score(s) of {len(nonfinite)} "
                           "(ONNX Runtime or PyTorch): a graph that scores its check inputs NaN is not exported; check "
                           "the model, the preprocessing and the check inputs")
-    diff = np.abs(got[1].astype(np.float64) - ref[1])
-    bad = diff > atol + rtol * np.abs(ref[1])
-    if np.any(bad):
-        raise ExportError(f"ONNX Runtime disagrees with PyTorch on the score: max |diff| {diff.max():.3g} "
-                          f"(atol {atol}, rtol {rtol}) on {int(bad.sum())} of {len(diff)} samples")
-    margin = np.abs(ref[1] - float(module.threshold)) > atol + rtol * np.abs(ref[1])
-    if np.any((got[2] != ref[2]) & margin):
-        raise ExportError("ONNX Runtime and PyTorch disagree on is_ood away from the threshold")
+    ref64 = module_outputs(module, inputs, float64=True)
+    report = floor_report(got, ref32, ref64, threshold=float(module.threshold), factor=factor,
+                          judge_outputs=method not in DISCONTINUOUS_METHODS)
+    if not report.passed:
+        raise ExportError("ONNX Runtime's graph is further from the float64 reference than PyTorch float32 on "
+                          f"{len(inputs)} check inputs: " + "; ".join(report.failures()))
+    diff = np.abs(got["score"].astype(np.float64) - ref32["score"])
     return float(diff.max()) if diff.size else 0.0
 
 

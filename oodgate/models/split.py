@@ -1,4 +1,14 @@
-"""Split any classifier into a backbone (input -> pooled penultimate features) and its final linear head."""
+"""Split any classifier into a backbone (input -> pooled penultimate features) and its final linear head.
+
+The head is found, in order: a timm model's ``get_classifier()``; then ``.fc`` (ResNet, ResNeXt, Wide-ResNet,
+RegNet, Inception), ``.classifier`` / ``.classifier[-1]`` (DenseNet, EfficientNet, MobileNet, ConvNeXt),
+``.head`` / ``.head.fc`` (Swin; timm ViT / ConvNeXt), ``._fc`` (EfficientNet ports), ``.last_linear`` and
+``.heads`` / ``.heads.head`` (torchvision ViT). The backbone is the model with that layer replaced by
+``nn.Identity``, so the features h are exactly what the head sees; per family (docs/ZOO.md): ResNet/RegNet/
+DenseNet pool ReLU outputs (h >= 0); EfficientNet pools SiLU outputs (h >= -0.28); MobileNetV3's h is the
+Hardswish output of the classifier's first Linear; ConvNeXt's the LayerNorm of the pooled map and ViT's / Swin's
+the final LayerNorm's output (signed). ``nonnegative_share`` tells how much of h is >= 0.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +45,12 @@ def _linear_path(model: nn.Module, path: str) -> str | None:
     if module is not None and isinstance(getattr(module, "fc", None), nn.Linear):
         return f"{path}.fc"
     return None
+
+
+def nonnegative_share(features: Any) -> float:
+    """Share of feature entries that are >= 0 (1.0 for ReLU-pooled features)."""
+    values = features.detach() if isinstance(features, torch.Tensor) else torch.as_tensor(features)
+    return float((values >= 0).float().mean()) if values.numel() else 1.0
 
 
 def _set(model: nn.Module, path: str, value: nn.Module) -> None:
@@ -75,13 +91,28 @@ class SplitModel(nn.Module):
         return h
 
 
+def _get_classifier_path(model: nn.Module) -> str | None:
+    """The dotted path of what a timm-style ``model.get_classifier()`` returns, if it is one of model's modules."""
+    getter = getattr(model, "get_classifier", None)
+    if not callable(getter):
+        return None
+    try:
+        found = getter()
+    except Exception:  # noqa: BLE001 - a user's method of that name may be anything: fall back to attributes
+        return None
+    if not isinstance(found, nn.Module):
+        return None
+    return next((name for name, module in model.named_modules() if module is found and name), None)
+
+
 def split_classifier(model: nn.Module, head: str | None = None) -> SplitModel:
     """Split ``model`` into backbone and final linear head; ``head`` names the head attribute (dotted path)."""
     if isinstance(model, SplitModel):
         return model
     if not isinstance(model, nn.Module):
         raise OodgateError(f"expected a torch.nn.Module classifier, got {type(model).__name__}")
-    candidates = [head] if head else list(HEAD_ATTRIBUTES)
+    timm_head = None if head else _get_classifier_path(model)
+    candidates = [head] if head else [c for c in (timm_head, *HEAD_ATTRIBUTES) if c]
     path = next((p for p in (_linear_path(model, c) for c in candidates) if p), None)
     if path is None:
         if head:

@@ -1,0 +1,262 @@
+"""The model zoo: torchvision/timm families x every oodgate method, full size (224x224), written to docs/ZOO.md.
+
+    python bench/zoo.py [--reduced] [--models resnet50,vit_b_16] [--methods energy,adascale_a] [--n 24]
+                        [--budget-min 40] [--write-only]
+
+Per cell (model x method): calibrate on real Fashion-MNIST images (upsampled, RGB), export() (which runs the
+noise-floor check), then on N real ID + N real OOD images (scikit-image photos/textures): max |diff| of ONNX
+Runtime to the float64 PyTorch reference and PyTorch float32's own (the noise floor), the parity verdict
+(oodgate.exporter.reference.parity, float64 criterion, with AUROC/FPR95 drift), export time, graph size, ORT CPU
+ms/img (batch 1, median of 5) and the TensorRT audit. Models have random weights with realistic scales (BN
+statistics from real images, head trained on real features: tests/zoo/zoo_models.py); no download.
+
+Resumable: every finished cell is cached in bench/.cache/zoo/<model>/<method>.json (keyed by the source hash of
+oodgate + this file), so an interrupted run continues where it stopped; --budget-min stops starting new cells.
+docs/ZOO.md lists exactly the cells that were run, with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "zoo"))
+sys.path.insert(0, str(ROOT))
+
+METHODS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line", "mos", "adascale_a",
+           "adascale_l")
+CACHE = ROOT / "bench" / ".cache" / "zoo"
+DOC = ROOT / "docs" / "ZOO.md"
+
+
+def source_key() -> str:
+    """Hash of oodgate's sources and of this bench's files: a cache entry is valid for one version."""
+    digest = hashlib.sha256()
+    files = sorted((ROOT / "oodgate").rglob("*.py")) + [Path(__file__), ROOT / "tests" / "zoo" / "zoo_models.py"]
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def machine() -> str:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} when written), Python "
+            f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path) -> dict:
+    """Calibrate, export and measure one cell; returns the row (status 'ok' / 'FAIL' with the error)."""
+    import onnxruntime as ort
+    import torch
+
+    import zoo_models as zoo
+    from oodgate import calibrate
+    from oodgate.data import ImageSet, Preprocess
+    from oodgate.evaluation.parity import compare_to_floor
+    from oodgate.exporter import export
+    from oodgate.exporter.reference import parity, reference_outputs
+    from oodgate.runtime.trt_audit import audit_graph, has_errors
+
+    row: dict = {"model": name, "method": method, "reduced": reduced, "n": n}
+    t0 = time.perf_counter()
+    model, size = zoo.build(name, reduced=reduced)
+    row["build_s"] = time.perf_counter() - t0
+    pre = Preprocess(channels="RGB", resize=(size, size), mean=zoo.MEAN, std=zoo.STD)
+    ids, labels = zoo.id_images(200 + n, size, offset=2000)
+    fit = ImageSet("fashion-mnist rgb", ids[:200], labels[:200])
+    test_id = zoo.normalise(ids[200:])
+    test_ood = zoo.normalise(zoo.ood_images(n, size, seed=5))
+    t0 = time.perf_counter()
+    cal = calibrate(model, fit, method=method, preprocess=pre, progress=False, batch_size=32)
+    row["calibrate_s"] = time.perf_counter() - t0
+    path = folder / f"{name}-{method}.onnx"
+    t0 = time.perf_counter()
+    result = export(cal, path, model=model, overwrite=True)
+    row["export_s"] = time.perf_counter() - t0
+    row["graph_mb"] = (path.stat().st_size + (result.external_data.stat().st_size if result.external_data else 0)) / 1e6
+    report = parity(path, test_id, calibration=cal, model=model, ood_inputs=test_ood, batch_size=8)
+    rt = report.runtimes[0]
+    row["parity"] = "pass" if report.passed else "FAIL"
+    row["floor"] = rt.floor
+    row["drift"] = rt.drift["delta"] if rt.drift else None
+    everything = np.concatenate([test_id, test_ood])
+    ref32 = reference_outputs(cal, everything, model=model, batch_size=8)
+    ref64 = reference_outputs(cal, everything, model=model, batch_size=8, float64=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: everything})))
+    for output in ("logits", "score"):
+        cmp = compare_to_floor(output, got[output], ref32[output], ref64[output])
+        row[f"{output}_vs64"], row[f"{output}_torch_vs64"], row[f"{output}_scale"] = (
+            cmp.graph_error, cmp.torch_error, cmp.scale)
+    times = []
+    x1 = everything[:1]
+    sess.run(None, {sess.get_inputs()[0].name: x1})
+    for _ in range(5):
+        t = time.perf_counter()
+        sess.run(None, {sess.get_inputs()[0].name: x1})
+        times.append(time.perf_counter() - t)
+    row["ort_ms"] = 1e3 * float(np.median(times))
+    findings = audit_graph(str(path))
+    row["trt_audit"] = "pass" if not has_errors(findings) else "; ".join(
+        f"{f.op}: {f.message}" for f in findings if f.severity == "error")[:200]
+    row["status"] = "ok" if row["parity"] == "pass" and row["trt_audit"] == "pass" else "FAIL"
+    path.unlink(missing_ok=True)
+    if result.external_data:
+        result.external_data.unlink(missing_ok=True)
+    del torch
+    return row
+
+
+SIGNED_FEATURES = """## Methods that assume non-negative features, on signed ones
+
+ReAct, ASH-P/S/B, SCALE, DICE, LINe and AdaSCALE-A/L were designed for ReLU-pooled features (ResNet-style, h >= 0):
+they clip large activations (ReAct), prune all but the top-k entries of h and rescale by the ratio of sums (ASH,
+SCALE, AdaSCALE's r), or rank weight x activation contributions (DICE, LINe). On ViT / Swin / ConvNeXt the split's
+h is a LayerNorm output (zero-mean per sample, about half of it negative), and on EfficientNet / MobileNetV3 a
+SiLU / Hardswish output (slightly negative entries). The graphs are still exact (the parity above), but the math
+then means: ReAct clips only the positive tail (negative entries pass unchanged); ASH/SCALE's top-k keeps the
+largest *signed* entries; the sum s1 of a LayerNorm output is near zero (its per-sample mean is that of the
+LayerNorm's bias), so SCALE's / ASH-S's exp(s1/s2) is about 1 and ASH-B's constant s1/k about 0, while AdaSCALE's r
+uses relu(h); DICE/LINe rank signed weight x activation contributions. Whether that still separates ID from OOD is an
+empirical question per model: `oodgate.calibrate` warns (``FeatureSignWarning``, and a line in the calibration's
+summary) when more than 1 % of the ID features are negative for one of these methods; compare against MSP / Energy /
+MOS, which make no assumption on h.
+"""
+
+
+def _size(row: dict) -> str:
+    return "reduced" if row.get("reduced") else "224"
+
+
+def _fmt(v: float | None, spec: str = ".2g") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def write_doc(rows: list[dict], key: str, args: argparse.Namespace) -> None:
+    import zoo_models as zoo
+
+    lines = [
+        "# The model zoo", "",
+        "Written by `python bench/zoo.py` (size 224: full-size torchvision/timm models at 224x224; reduced: the CI "
+        f"configs of tests/zoo/zoo_models.py, run with `--reduced`) on: {machine()}.",
+        f"Source key {key}. Random weights with realistic scales (BatchNorm statistics re-estimated on real images, "
+        "the final Linear trained on real Fashion-MNIST features; no download), 10 classes. Each cell: "
+        "calibrate on 200 real ID images, `export()` (noise-floor check), then `oodgate parity` (float64 criterion) "
+        f"and the measurements on {args.n} real ID + {args.n} real OOD images (scikit-image photos/textures).",
+        "",
+        "Columns: **status** ok = export passed its check, parity passed and the TensorRT audit passed; "
+        "**logits / score vs f64** = max |ONNX Runtime - float64 PyTorch| and, after the slash, PyTorch float32's "
+        "own max |float32 - float64| (the noise floor); **ΔAUROC / ΔFPR95** = drift of ORT against the PyTorch "
+        "float32 reference on the ID vs OOD images, in points; **ORT ms** = ONNX Runtime CPU, batch 1, median of 5 "
+        "(on a shared, loaded machine: compare within a column only).", "",
+        "Only the cells listed here were run; a family or method missing from the table was not run (time). "
+        "**source key**: hash of oodgate's sources when the cell ran (cells of one run share it; this table mixes "
+        "runs of the same session while the code changed — rerun `python bench/zoo.py` to refresh all).", "",
+        "| model | size | method | status | logits vs f64 / torch f32 | score vs f64 / torch f32 | ΔAUROC / ΔFPR95 "
+        "(pt) | export s | graph MB | ORT ms | TRT audit | source key |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("status") not in ("ok", "FAIL") or "error" in r:
+            lines.append(f"| {r['model']} | {_size(r)} | {r['method']} | FAIL | {r.get('error', '?')[:160]} | | | | "
+                         f"| | | {r.get('key', '')} |")
+            continue
+        drift = r.get("drift") or {}
+        fpr = max((v for k, v in drift.items() if k.startswith("fpr95")), key=abs, default=0.0)
+        d = (f"{100 * drift.get('auroc', 0):+.2f} / {100 * fpr:+.2f}" if drift else "–")
+        lines.append(
+            f"| {r['model']} | {_size(r)} | {r['method']} | {r['status']} | {_fmt(r['logits_vs64'])} / {_fmt(r['logits_torch_vs64'])}"
+            f" | {_fmt(r['score_vs64'])} / {_fmt(r['score_torch_vs64'])} | {d} | {r['export_s']:.1f} | "
+            f"{r['graph_mb']:.1f} | {r['ort_ms']:.1f} | {r['trt_audit']} | {r.get('key', '')} |")
+    lines += ["", "## Penultimate features per family", "",
+              "What the split (`oodgate.models.split_classifier`) hands the detectors as h:", "",
+              "| family | h | h >= 0 |", "|---|---|---|"]
+    for f in zoo.FAMILIES.values():
+        lines.append(f"| {f.name} ({f.source}) | {f.features} | {'yes' if f.nonnegative else 'no'} |")
+    lines += ["", SIGNED_FEATURES]
+    DOC.write_text("\n".join(lines) + "\n")
+    print(f"wrote {DOC}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reduced", action="store_true", help="the CI configs instead of full size")
+    parser.add_argument("--models", default="", help="comma-separated families (default: all)")
+    parser.add_argument("--methods", default="", help="comma-separated methods (default: all)")
+    parser.add_argument("--n", type=int, default=24, help="ID and OOD test images each")
+    parser.add_argument("--budget-min", type=float, default=40.0, help="start no new cell after this many minutes")
+    parser.add_argument("--write-only", action="store_true",
+                        help="write docs/ZOO.md from every cached cell (whatever source key), run nothing")
+    args = parser.parse_args()
+    import torch
+
+    import zoo_models as zoo
+
+    torch.set_num_threads(int(os.environ.get("OODGATE_BENCH_THREADS", "1")))
+    models = [m for m in (args.models.split(",") if args.models else zoo.FAMILIES) if m]
+    methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m]
+    key = source_key()
+    tag = "reduced" if args.reduced else "full"
+    start = time.perf_counter()
+    rows = []
+    if args.write_only:  # every cached cell, full size first, then the reduced configs
+        for size_tag in ("full", "reduced"):
+            for name in models:
+                for method in methods:
+                    cached = CACHE / size_tag / name / f"{method}.json"
+                    if cached.is_file():
+                        entry = json.loads(cached.read_text())
+                        rows.append({**entry["row"], "key": entry.get("key"), "reduced": size_tag == "reduced"})
+        write_doc(rows, key, args)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            for method in methods:
+                cached = CACHE / tag / name / f"{method}.json"
+                if cached.is_file():
+                    entry = json.loads(cached.read_text())
+                    if entry.get("key") == key or args.write_only:
+                        rows.append({**entry["row"], "key": entry.get("key")})
+                        continue
+                if args.write_only or (time.perf_counter() - start) / 60 > args.budget_min:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    row = run_cell(name, method, reduced=args.reduced, n=args.n, folder=Path(tmp))
+                except Exception as exc:  # noqa: BLE001 - a failing cell is a result
+                    row = {"model": name, "method": method, "status": "FAIL",
+                           "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+                    traceback.print_exc()
+                row["cell_s"] = time.perf_counter() - t0
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps({"key": key, "row": row}, default=float))
+                rows.append({**row, "key": key})
+                print(f"{name:<22} {method:<11} {row['status']:<5} {row['cell_s']:.0f}s "
+                      f"{row.get('error', '')}", flush=True)
+    write_doc(rows, key, args)
+
+
+if __name__ == "__main__":
+    main()

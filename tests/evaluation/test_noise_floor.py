@@ -1,0 +1,86 @@
+"""The noise-floor criterion (oodgate.evaluation.parity, torch-free) on constructed outputs with known errors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oodgate.evaluation.parity import FLOOR_FACTOR, compare_to_floor, floor_atol, floor_report, near_tie
+
+RNG = np.random.default_rng(0)
+
+
+def _outputs(n: int = 20, k: int = 5, noise: float = 1e-3) -> tuple[dict, dict]:
+    """A float64 reference and a 'PyTorch float32' copy off by known noise of size `noise`."""
+    logits = RNG.normal(0.0, 10.0, size=(n, k))
+    score = RNG.normal(0.0, 5.0, size=n)
+    ref64 = {"logits": logits, "score": score, "label": logits.argmax(1), "is_ood": score < 0.0}
+    z32 = logits + RNG.uniform(-noise, noise, size=logits.shape)
+    s32 = score + RNG.uniform(-noise, noise, size=n)
+    ref32 = {"logits": z32, "score": s32, "label": z32.argmax(1), "is_ood": s32 < 0.0}
+    return ref32, ref64
+
+
+def test_bound_is_factor_times_torch_error_plus_atol() -> None:
+    ref32, ref64 = _outputs()
+    cmp = compare_to_floor("score", ref64["score"] + 1e-4, ref32["score"], ref64["score"])
+    torch_error = np.abs(ref32["score"] - ref64["score"]).max()
+    assert cmp.torch_error == torch_error
+    assert np.isclose(cmp.bound, FLOOR_FACTOR * torch_error + floor_atol(ref64["score"]))
+    assert np.isclose(cmp.graph_error, 1e-4) and cmp.passed
+
+
+def test_a_graph_within_the_noise_passes_and_ten_floors_off_fails() -> None:
+    ref32, ref64 = _outputs()
+    floor = np.abs(ref32["logits"] - ref64["logits"]).max()
+    close = ref64["logits"] + 2.0 * floor * np.sign(RNG.normal(size=ref64["logits"].shape))
+    far = ref64["logits"].copy()
+    far[3, 1] += 10.0 * floor
+    assert compare_to_floor("logits", close, ref32["logits"], ref64["logits"]).passed
+    failed = compare_to_floor("logits", far, ref32["logits"], ref64["logits"])
+    assert not failed.passed and np.isclose(failed.ratio, 10.0 * floor / failed.torch_error)
+
+
+def test_exact_pytorch_leaves_only_the_tiny_atol() -> None:
+    ref = np.array([1.0, -300.0, 2.5])
+    assert compare_to_floor("score", ref + 1e-5, ref, ref).passed  # 16 ulp of 300 = 5.7e-4
+    assert not compare_to_floor("score", ref + 1e-2, ref, ref).passed
+
+
+def test_nan_where_float64_is_finite_fails() -> None:
+    ref32, ref64 = _outputs()
+    got = ref64["score"].copy()
+    got[0] = np.nan
+    assert not compare_to_floor("score", got, ref32["score"], ref64["score"]).passed
+
+
+def test_labels_and_decisions_may_differ_only_within_noise() -> None:
+    ref32, ref64 = _outputs(n=4, k=3)
+    ref64["logits"][0] = [1.0, 1.0 + 1e-5, -3.0]  # a tie within noise
+    ref64["label"] = ref64["logits"].argmax(1)
+    ref64["score"][1] = 1e-5  # within noise of tau = 0
+    ref64["is_ood"] = ref64["score"] < 0.0
+    ref32 = {k: np.array(v, copy=True) for k, v in ref64.items()}
+    ref32["logits"] = ref32["logits"] + 1e-4  # PyTorch float32's noise: 1e-4
+    ref32["score"] = ref32["score"] + 1e-4
+    got = {k: np.array(v, copy=True) for k, v in ref64.items()}
+    got["label"][0] = 0
+    got["is_ood"][1] = True
+    report = floor_report(got, ref32, ref64, threshold=0.0)
+    assert report.passed and report.labels_near_tie == 1 and report.decisions_near_threshold == 1
+    got["label"][2] = (ref64["label"][2] + 1) % 3  # a clear label flip
+    report = floor_report(got, ref32, ref64, threshold=0.0)
+    assert not report.passed and report.label_mismatches == 1
+    assert "label" in report.failures()[0]
+
+
+def test_discontinuous_scores_are_reported_not_judged() -> None:
+    ref32, ref64 = _outputs()
+    got = {k: np.array(v, copy=True) for k, v in ref64.items()}
+    got["score"] = got["score"] + 1e-2 * np.sign(got["score"])  # same decisions, far beyond the floor
+    assert not floor_report(got, ref32, ref64, threshold=0.0).passed
+    lenient = floor_report(got, ref32, ref64, threshold=0.0, judge_outputs=False)
+    assert lenient.passed and not lenient.outputs[1].passed
+
+
+def test_near_tie() -> None:
+    assert list(near_tie(np.array([[0.0, 1.0], [0.0, 1e-6]]), 1e-3)) == [False, True]
