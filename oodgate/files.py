@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +99,34 @@ def atomic_output(path: str | Path, *, overwrite: bool = False,
         raise
 
 
+@contextmanager
+def atomic_folder(path: str | Path, *, overwrite: bool = False, create: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; when the block succeeds it replaces ``path`` (an old folder there is
+    removed only then), else it is removed. ``create=False`` leaves making the folder to the block (e.g. a writer
+    that creates its own output folder)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OodgateError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise _exists_error(path)
+    staging = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+    if create:
+        staging.mkdir()
+    try:
+        yield staging
+        staging.mkdir(exist_ok=True)  # a block that wrote nothing publishes an empty folder
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{secrets.token_hex(6)}"
+            path.rename(old)
+            staging.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; refuse to overwrite unless asked."""
     path = Path(path)
@@ -106,4 +135,4 @@ def write_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> P
     return path
 
 
-__all__ = ["atomic_output", "companion_temp", "write_atomic"]
+__all__ = ["atomic_folder", "atomic_output", "companion_temp", "write_atomic"]

@@ -109,3 +109,26 @@ def test_mode_honours_the_umask(tmp_path: Path, umask: int):
 def test_missing_folder_is_one_clear_error(tmp_path: Path):
     with pytest.raises(OodgateError, match="folder .*nope does not exist"):
         write_atomic(tmp_path / "nope" / "a.bin", b"")
+
+
+def test_atomic_folder_replaces_only_on_success(tmp_path):
+    from oodgate.files import atomic_folder
+
+    out = tmp_path / "shards"
+    with atomic_folder(out) as staging:
+        (staging / "a.txt").write_text("one")
+        assert not out.exists()  # nothing visible before the block ends
+    assert (out / "a.txt").read_text() == "one"
+    with pytest.raises(OodgateError, match="exists"):
+        with atomic_folder(out):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_folder(out, overwrite=True) as staging:
+            (staging / "b.txt").write_text("two")
+            raise RuntimeError("writer died")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]  # old folder kept, staging removed
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    with atomic_folder(out, overwrite=True, create=False) as staging:
+        assert not staging.exists()  # left to the writer; an empty result still publishes a folder
+    assert out.is_dir() and not any(out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]

@@ -26,14 +26,7 @@ def resolve_model(model: Any, *, preprocess: Preprocess | None = None, class_nam
                   head: str | None = None) -> ModelBundle:
     """A ModelBundle from a bundle, a model reference string, or a torch module (+ its preprocessing)."""
     if isinstance(model, ModelBundle):
-        bundle = model
-        if preprocess is not None:
-            bundle.preprocess = preprocess
-        if class_names is not None:
-            bundle.class_names = list(class_names)
-        if head is not None:
-            bundle.head = head
-        return bundle
+        return model.override(preprocess=preprocess, class_names=class_names, head=head)
     if isinstance(model, str):
         return load_model(model, preprocess=preprocess, class_names=class_names, head=head)
     if isinstance(model, nn.Module):

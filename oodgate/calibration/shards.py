@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import secrets
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ArtifactError, OodgateError
-from ..files import write_atomic
+from ..files import atomic_folder, write_atomic
 
 FORMAT = "oodgate-feature-shards"
 FORMAT_VERSION = 1
@@ -98,9 +96,7 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
         if not ray.is_initialized():
             raise OodgateError("Ray is not started: call ray.init(num_cpus=2, _node_ip_address='127.0.0.1', "
                                "include_dashboard=False) for this machine, or ray.init(address='auto') on a cluster")
-    staging = output.parent / f".{output.name}.tmp-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
+    with atomic_folder(output, overwrite=overwrite) as staging:
         with torch.no_grad():
             weight = split.head.weight.detach().numpy().astype(np.float32)
             bias = split.head.bias.detach().numpy().astype(np.float32)
@@ -136,16 +132,6 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
             "head_sha256": hashlib.sha256((staging / HEAD_FILE).read_bytes()).hexdigest(), "shards": entries,
         }
         write_atomic(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        if output.exists():
-            old = output.parent / f".{output.name}.old-{secrets.token_hex(4)}"
-            output.rename(old)
-            staging.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 

@@ -27,6 +27,17 @@ class ModelBundle:
     head: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def override(self, *, preprocess: Preprocess | None = None, class_names: list[str] | None = None,
+                 head: str | None = None) -> "ModelBundle":
+        """Replace what is given (preprocessing, class names, head path) in place; returns self."""
+        if preprocess is not None:
+            self.preprocess = preprocess
+        if class_names is not None:
+            self.class_names = list(class_names)
+        if head is not None:
+            self.head = head
+        return self
+
 
 def read_card(path: Path) -> dict[str, Any]:
     """The JSON card written next to a built-in model's weights."""
@@ -144,13 +155,7 @@ def load_model(ref: str, *, weights: str | Path | None = None, preprocess: Prepr
 
         bundle.extra["checkpoint"] = load_weights(bundle.model, weights, ref=ref, trust_pickle=trust_pickle)
         bundle.extra["weights"] = str(Path(weights).resolve())
-    if preprocess is not None:
-        bundle.preprocess = preprocess
-    if class_names is not None:
-        bundle.class_names = list(class_names)
-    if head is not None:
-        bundle.head = head
-    return bundle
+    return bundle.override(preprocess=preprocess, class_names=class_names, head=head)
 
 
 __all__ = ["BUILTIN_MODELS", "ModelBundle", "load_model", "read_card", "register_model"]

@@ -5,8 +5,6 @@ imported inside the functions (``pip install 'oodgate[ray]'``).
 
 from __future__ import annotations
 
-import secrets
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OodgateError
+from ..files import atomic_folder
 from ..runtime.session import Session
 
 #: the columns GraphScorer adds to every batch
@@ -81,26 +80,13 @@ def score_dataset(dataset: Any, graph: str | Path, output: str | Path, *, image_
         from ray.data import ActorPoolStrategy
     except ImportError:
         raise OodgateError("scoring with Ray Data needs ray[data]: pip install 'oodgate[ray]'") from None
-    staging = output.parent / f".{output.name}.tmp-{secrets.token_hex(4)}"
-    try:
+    with atomic_folder(output, overwrite=overwrite, create=False) as staging:  # Ray makes it (not for no rows)
         scored = dataset.map_batches(
             GraphScorer, fn_constructor_kwargs={"graph": str(graph), "image_column": image_column, "keep": tuple(keep),
                                                 "threshold": threshold},
             compute=ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor, batch_size=batch_size,
             batch_format="numpy")
         scored.write_parquet(str(staging))
-        if not staging.is_dir():  # an empty dataset writes nothing
-            staging.mkdir()
-        if output.exists():
-            old = output.parent / f".{output.name}.old-{secrets.token_hex(4)}"
-            output.rename(old)
-            staging.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 
