@@ -17,7 +17,7 @@ from .errors import OodgateError
 app = typer.Typer(
     name="oodgate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Fit post-hoc OOD detectors on ID data, export them with the classifier as one ONNX graph, serve and "
-         "CI-check it. Scores are oriented so that higher = more in-distribution; is_ood = score < threshold.",
+         "CI-check it. Scores are oriented so that higher = more in-distribution; is_ood = NOT(threshold <= score < inf): below the threshold or non-finite.",
 )
 
 #: the built-in models by name, as in oodgate.models' registry (a test keeps the two equal; the CLI does not

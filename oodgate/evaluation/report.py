@@ -131,7 +131,7 @@ def report_dict(evaluations: list[Evaluation], options: dict[str, list[Threshold
     return {
         "format": REPORT_FORMAT, "oodgate_version": __version__,
         "conventions": {
-            "score": "higher = more in-distribution; rejected (OOD) when score < threshold",
+            "score": "higher = more in-distribution; rejected (OOD) when score < threshold or not finite",
             "fpr95_id_positive": "classic (DICE, LINe, MOS, Energy): share of OOD accepted at the threshold that "
                                  "keeps 95 % of ID",
             "fpr95_ood_positive": "OpenOOD / AdaSCALE: share of ID rejected at the threshold that catches 95 % of "

@@ -32,7 +32,7 @@ def describe_graph(path: str | Path) -> dict[str, Any]:
     classes = info.class_names or []
     return {
         "path": str(path), "file_bytes": Path(path).stat().st_size, "method": info.method, "params": info.params,
-        "threshold": info.threshold, "tpr": info.tpr, "score": "higher = in-distribution; is_ood = score < threshold",
+        "threshold": info.threshold, "tpr": info.tpr, "score": "higher = in-distribution; is_ood = NOT(threshold <= score < inf)",
         "preprocess": info.preprocess.to_dict(), "num_classes": len(classes),
         "class_names_preview": classes[:5], "calibration_hash": info.calibration_hash,
         "oodgate_version": info.oodgate_version, "producer": f"{model.producer_name} {model.producer_version}",

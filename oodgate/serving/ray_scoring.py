@@ -21,7 +21,7 @@ SCORE_COLUMNS = ("label", "score", "is_ood")
 
 class GraphScorer:
     """``ds.map_batches(GraphScorer, fn_constructor_kwargs={"graph": path}, concurrency=2, num_cpus=0.5)``:
-    adds label, score (higher = ID) and is_ood (score < threshold) columns (and 'class' when the graph has class
+    adds label, score (higher = ID) and is_ood (score < threshold, or not finite) columns (and 'class' when the graph has class
     names) to each batch; ``keep`` columns (e.g. an id or path) are passed through, the image column is dropped.
 
     The image column holds image paths, decoded images (H, W[, C]) or inputs already preprocessed to the graph's

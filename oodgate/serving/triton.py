@@ -122,7 +122,7 @@ def triton_config_text(graph: str | Path, *, name: str | None = None, max_batch_
     if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
         raise TritonConfigError(f"instances={instances!r}: give a positive number of model instances")
     lines = [f"# oodgate {__version__}: {info.method} gate from {Path(graph).name}; "
-             "score higher = in-distribution, is_ood = score < oodgate_threshold",
+             "score higher = in-distribution, is_ood = NOT(oodgate_threshold <= score < inf)",
              f"name: {_quote(name)}", f"backend: {_quote(BACKEND)}", f"max_batch_size: {max_batch_size}"]
 
     def tensor_block(kind: str, specs: list[TensorSpec]) -> None:
