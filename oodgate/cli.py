@@ -390,17 +390,24 @@ def extract_features_command(
     weights: Annotated[Optional[Path], typer.Option(help="State-dict weights for the model.")] = None,
     head: Annotated[Optional[str], typer.Option(help="Attribute path of the final nn.Linear.")] = None,
     preprocess: Annotated[Optional[str], typer.Option(help="Preprocessing JSON (or file).")] = None,
+    class_names: Annotated[Optional[str], typer.Option(help="The model's class names in output order "
+                                                            "(comma-separated, .txt or .json).")] = None,
+    class_map: Annotated[Optional[str], typer.Option(help="Map class folders of --data onto the model's classes: "
+                                                          "FOLDER=CLASS,... (CLASS a name or index) or JSON.")] = None,
     force: Force = False,
 ) -> None:
     """Write the backbone features of ID images as shards (for fit-shards), in this process or as Ray tasks."""
     from .calibration.shards import write_feature_shards
+    from .data.sets import parse_class_map
     from .models import load_model
 
     bundle = load_model(model, weights=weights, preprocess=_parse_preprocess(preprocess), head=head)
     ray = _start_ray(ray_address) if ray_address else None
     try:
         out = write_feature_shards(bundle, data, output, shard_size=shard_size, batch_size=batch_size,
-                                   use_ray=ray is not None, cpus_per_task=cpus_per_task, overwrite=force)
+                                   use_ray=ray is not None, cpus_per_task=cpus_per_task, overwrite=force,
+                                   class_names=_parse_class_names(class_names),
+                                   class_map=parse_class_map(class_map))
     finally:
         if ray is not None:
             ray.shutdown()

@@ -59,8 +59,12 @@ def extract_shard(split: Any, images: Any, preprocess: Any, *, start: int, path:
 def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_size: int = 1024,
                          batch_size: int = 128, preprocess: Any = None, class_names: list[str] | None = None,
                          head: str | None = None, use_ray: bool = False, cpus_per_task: float = 1.0,
-                         overwrite: bool = False, progress: bool | None = None) -> Path:
+                         overwrite: bool = False, progress: bool | None = None,
+                         class_map: dict[str, Any] | None = None) -> Path:
     """Write the backbone features of ``images`` as shards of ``shard_size`` rows into the folder ``output``.
+
+    Labels of class folders are the model's class ids, matched by name (or mapped with ``class_map``), as in
+    ``calibrate``; folder labels that cannot be matched are refused rather than stored as sorted-folder indices.
 
     ``use_ray``: one Ray task per shard (Ray must be started by the caller: ``ray.init(...)`` locally, or
     ``ray.init(address="auto")`` on a cluster whose workers can import oodgate and write to ``output``);
@@ -70,7 +74,7 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
 
     from ..models.split import split_classifier
     from ..progress import progress_bar
-    from .calibrate import resolve_images, resolve_model
+    from .calibrate import model_classes, resolve_images, resolve_model
 
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise OodgateError(f"shard_size={shard_size!r}: give a positive number of rows per shard, e.g. 1024")
@@ -84,7 +88,7 @@ def write_feature_shards(model: Any, images: Any, output: str | Path, *, shard_s
     bundle = resolve_model(model, preprocess=preprocess, class_names=class_names, head=head)
     split = split_classifier(bundle.model, head=bundle.head).eval()
     from .artifact import model_state_hash
-    data = resolve_images(images)
+    data = model_classes(resolve_images(images), bundle.class_names, class_map, labels_needed=True)
     if len(data) == 0:
         raise OodgateError("no images to extract features from: give at least one")
     ray = None

@@ -162,3 +162,30 @@ def test_use_ray_without_a_started_ray_is_a_clear_error(calib, tmp_path):
     with pytest.raises(OodgateError, match="Ray is not started: call ray.init"):
         write_feature_shards("digits-cnn", calib, tmp_path / "r", use_ray=True)
     assert not (tmp_path / "r").exists()
+
+
+
+def _class_folders(root, classes):
+    """Image folders {folder name: digits class}, five images each."""
+    from PIL import Image
+
+    d = digits("test")
+    for name, cls in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in np.flatnonzero(d.labels == cls)[:5]:
+            Image.fromarray(d.images[i]).save(root / name / f"{i}.png")
+    return root
+
+
+def test_shard_labels_are_the_models_class_ids_not_sorted_folder_indices(tmp_path):
+    folder = _class_folders(tmp_path / "imgs", {"seven": 7, "three": 3})  # sorted folder order: 0 and 1
+    out = write_feature_shards("digits-cnn", str(folder), tmp_path / "shards", class_map={"seven": 7, "three": 3})
+    labels = np.concatenate([lab for _, lab in open_shards(out).stream()])
+    assert sorted(set(labels.tolist())) == [3, 7] and (labels == 3).sum() == 5
+
+
+def test_shard_folders_that_match_no_class_are_refused(tmp_path):
+    folder = _class_folders(tmp_path / "imgs", {"seven": 7, "three": 3})
+    with pytest.raises(OodgateError, match="seven|three"):
+        write_feature_shards("digits-cnn", str(folder), tmp_path / "shards")
+    assert [p.name for p in tmp_path.iterdir()] == ["imgs"]  # nothing written
