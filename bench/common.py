@@ -261,6 +261,17 @@ def write_text(path: Path, text: str) -> None:
     write_atomic(path, text.encode(), overwrite=True)
 
 
+def write_marked_block(path: Path, begin: str, end: str, text: str) -> None:
+    """Replace the text between the markers ``begin``/``end`` in ``path`` (appended when absent), atomically."""
+    doc = path.read_text() if path.is_file() else ""
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + ("\n\n" if doc else "") + block + "\n"
+    write_text(path, doc)
+
+
 #: what this process had to build (a cold cache costs exports; run_all reports it)
 BUILT = {"exports": 0, "export_seconds": 0.0, "calibrations": 0, "calibration_seconds": 0.0}
 

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from serve import DOC, _cpu, prepare_graph  # noqa: E402
+from common import cpu_name, write_marked_block  # noqa: E402
+from serve import DOC, prepare_graph  # noqa: E402
 
 BEGIN, END = "<!-- bench/ray_scale.py: begin -->", "<!-- bench/ray_scale.py: end -->"
 
@@ -87,7 +88,7 @@ def main() -> None:
 
     base_t = rows[0][1]
     lines = [f"Measured by `python bench/ray_scale.py --images {args.images}` on "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {_cpu()}, {os.cpu_count()} logical cores, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {cpu_name()}, {os.cpu_count()} logical cores, "
              f"load average {[round(v, 2) for v in os.getloadavg()]} at the end (a shared machine); Ray "
              f"{ray.__version__}. {args.images} digits images (8x8, decoded in memory), digits DICE graph, one ONNX "
              f"Runtime thread per worker. Scores equal the plain loop's: pool {agree[0]}, Ray {agree[1]}.", "",
@@ -96,15 +97,7 @@ def main() -> None:
         extra = f" (Ray start {init:.1f} s)" if init is not None else ""
         lines.append(f"| {name} | {seconds:.1f} s{extra} | {args.images / seconds:,.0f} | {base_t / seconds:.2f}x |")
     text = "\n".join(lines)
-    doc = DOC.read_text() if DOC.is_file() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + ("\n\n" if doc else "") + block + "\n"
-    tmp = DOC.with_name(f".{DOC.name}.{os.getpid()}.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, DOC)
+    write_marked_block(DOC, BEGIN, END, text)
     print(text)
 
 

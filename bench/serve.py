@@ -32,6 +32,9 @@ BEGIN, END = "<!-- bench/serve.py: begin -->", "<!-- bench/serve.py: end -->"
 CLIENTS = 8
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import cpu_name, write_marked_block  # noqa: E402
 
 
 def prepare_graph() -> Path:
@@ -138,7 +141,7 @@ def child(args: argparse.Namespace) -> None:
                 row.update(max_queue_delay_us=delay, instances=args.instances)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-    facts = {"cpu": _cpu(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
+    facts = {"cpu": cpu_name(), "logical_cores": os.cpu_count(), "python": platform.python_version(),
              "numpy": np.__version__, "load_average": [round(v, 2) for v in os.getloadavg()],
              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
              "local_session_batch1_p50_ms": round(1000 * statistics.median(single), 3),
@@ -154,14 +157,6 @@ def child(args: argparse.Namespace) -> None:
     Path(args.json).write_text(json.dumps({"rows": rows, "machine": facts}, indent=1))
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def table(result: dict, command: str) -> str:
@@ -181,16 +176,6 @@ def table(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.is_file() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + ("\n\n" if doc else "") + block + "\n"
-    tmp = DOC.with_name(f".{DOC.name}.{os.getpid()}.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, DOC)
 
 
 def main() -> None:
@@ -234,7 +219,7 @@ def main() -> None:
     result = json.loads(out.read_text())
     command = "python bench/serve.py" + (" --quick" if args.quick else "")
     text = table(result, command)
-    write_doc(text)
+    write_marked_block(DOC, BEGIN, END, text)
     print(text)
 
 
