@@ -40,27 +40,23 @@ def fit_line_state(class_means: np.ndarray, weight: np.ndarray, p_w: float, p_a:
     return s, neuron_mask, thresholds
 
 
-def line_weight_cuts(weight: np.ndarray, contribution: np.ndarray, neuron_mask: np.ndarray,
-                     thresholds: np.ndarray) -> np.ndarray:
-    """cut (C, D) float32 such that W32[c, d] > cut[l, d]  <=>  M(l)[c, d] and m_l[d] (LINe's two masks of class l).
+def _dropped_counts(weight: np.ndarray, contribution: np.ndarray, thresholds: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(ws, k): each column of W sorted ascending (float64, (C, D)) and k[l, d] = the number of weights of column d
+    that M(l) drops (|S_ld| W_cd <= t_l), exactly as the float64 product decides.
 
-    For a fixed (l, d) the kept weights of column d are those with |S_ld| W_cd > t_l (a float64 product that is
-    monotone in W_cd), so they are the column's largest ones: cut[l, d] = the largest dropped weight of column d
-    (in float32), found per column by a binary search on the sorted column and made exact on the product at the
-    boundary. A neuron outside m_l drops its whole column (cut = +max); a column with nothing dropped has -max.
-    Same decisions as the float64 product, O(C D log C) work, and the graph compares W with one gathered row.
+    For a fixed (l, d) the kept weights of column d are those with |S_ld| W_cd > t_l, a product monotone in W_cd,
+    so the dropped ones are the column's k[l, d] smallest: a binary search on the sorted column, made exact on the
+    product at the boundary. O(C D log C) work.
     """
     w = np.asarray(weight, np.float64)
     a = np.abs(np.asarray(contribution, np.float64))
     t = np.asarray(thresholds, np.float64)
     c_n, d_n = w.shape
-    big = np.finfo(np.float32).max
-    order = np.argsort(w, axis=0, kind="stable")
-    ws = np.take_along_axis(w, order, axis=0)  # (C, D), each column ascending
-    ws32 = ws.astype(np.float32)
+    ws = np.sort(w, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         guess = t[:, None] / a  # (C classes, D): kept <=> W > t_l / |S_ld| up to rounding
-    k = np.empty((c_n, d_n), np.int64)  # k[l, d] = number of dropped weights of column d for class l
+    k = np.empty((c_n, d_n), np.int64)
     for d in range(d_n):
         k[:, d] = np.searchsorted(ws[:, d], guess[:, d], side="right")
     zero = a == 0  # product 0: all kept if t_l < 0, all dropped otherwise
@@ -73,37 +69,144 @@ def line_weight_cuts(weight: np.ndarray, contribution: np.ndarray, neuron_mask: 
         if not (up.any() or down.any()):
             break
         k += up.astype(np.int64) - down.astype(np.int64)
+    return ws, k
+
+
+def line_weight_cuts(weight: np.ndarray, contribution: np.ndarray, neuron_mask: np.ndarray,
+                     thresholds: np.ndarray) -> np.ndarray:
+    """cut (C, D) float32 such that W32[c, d] > cut[l, d]  <=>  M(l)[c, d] and m_l[d] (LINe's two masks of class l).
+
+    cut[l, d] = the largest weight of column d that M(l) drops (in float32, ``_dropped_counts``). A neuron outside
+    m_l drops its whole column (cut = +max); a column with nothing dropped has -max.
+    """
+    ws, k = _dropped_counts(weight, contribution, thresholds)
+    big = np.finfo(np.float32).max
+    ws32 = ws.astype(np.float32)
     cut = np.where(k > 0, np.take_along_axis(ws32, np.maximum(k - 1, 0), axis=0), -big).astype(np.float32)
     cut[~np.asarray(neuron_mask, bool)] = big
     return cut
 
 
+def line_weight_scales(weight: np.ndarray, contribution: np.ndarray, neuron_mask: np.ndarray,
+                       thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(scale, factor, alpha): LINe's two masks of class l as one fixed threshold on a per-column rescaling of W,
+
+        M(l)[c, d] and m_l[d]  <=>  W32[c, d] * scale[l, d] > alpha  (float32 product)  and  factor[l, d] != 0,
+
+    so that (W * M(l)) (h' * m_l) = ThresholdedRelu(W * scale_l, alpha) (h' * factor_l) with factor = 1 / scale
+    where m_l keeps the neuron and 0 where it drops it. scale > 0, alpha = -1 when every dropped weight of a kept
+    neuron is negative (so no weight >= 0 is ever dropped: LINe's usual case, p_w small), +1 when every kept one is
+    positive (p_w large). Every decision is checked on the float32 products; None when one cannot be represented
+    (then ``line_weight_cuts``' general form is used).
+    """
+    ws, k = _dropped_counts(weight, contribution, thresholds)
+    c_n = ws.shape[0]
+    ws32 = ws.astype(np.float32)
+    active = np.asarray(neuron_mask, bool) & (k < c_n)  # k == C: the whole column dropped, as by the neuron mask
+    some = active & (k > 0)
+    low = np.take_along_axis(ws32, np.maximum(k - 1, 0), axis=0).astype(np.float64)  # largest dropped weight
+    high = np.take_along_axis(ws32, np.minimum(k, c_n - 1), axis=0).astype(np.float64)  # smallest kept weight
+    first = np.broadcast_to(ws32[0].astype(np.float64), k.shape)  # the column's smallest weight
+    last = np.broadcast_to(ws32[-1].astype(np.float64), k.shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if np.all(low[some] < 0) and np.all(low[some] < high[some]):
+            alpha = -1.0  # a cut between the largest dropped weight and min(smallest kept, 0): kept <=> W * s > -1
+            cut = np.where(k > 0, 0.5 * (low + np.minimum(high, 0.0)), np.where(first < 0, 2.0 * first, -1.0))
+        elif np.all(high[active] > 0) and np.all(low[some] < high[some]) and np.all(first[active & (k == 0)] > 0):
+            alpha = 1.0  # a cut between max(largest dropped, 0) and the smallest kept weight
+            cut = np.where(k > 0, 0.5 * (np.maximum(low, 0.0) + high), 0.5 * first)
+        else:
+            return None
+        scale = np.where(active, alpha / cut, 1.0).astype(np.float32)
+    a32 = np.float32(alpha)
+    for _ in range(8):  # the midpoint's float32 rounding can land a product on the wrong side: nudge by an ulp
+        with np.errstate(over="ignore", invalid="ignore"):
+            drop_bad = some & ~(low.astype(np.float32) * scale <= a32)
+            keep_bad = active & ~(high.astype(np.float32) * scale > a32) & (k < c_n)
+        if not (drop_bad.any() or keep_bad.any()):
+            break
+        # alpha -1: a dropped product must fall (a larger scale), a kept one rise (a smaller scale); +1 the reverse
+        up, down = (drop_bad, keep_bad) if alpha < 0 else (keep_bad, drop_bad)
+        scale = np.where(up & ~down, np.nextafter(scale, np.float32(np.inf)), scale)
+        scale = np.where(down & ~up, np.nextafter(scale, np.float32(0)), scale)
+    else:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(scale) & (scale > 0) & np.isfinite(first.astype(np.float32) * scale) & np.isfinite(
+            last.astype(np.float32) * scale)
+    if not finite.all():
+        return None
+    factor = np.where(active, 1.0 / scale.astype(np.float64), 0.0).astype(np.float32)
+    return scale, factor, alpha
+
+
+def thresholded_relu(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """x where x > alpha, else 0. Exported as ONNX ThresholdedRelu: one kernel, where torch.where would become
+    Greater + Where (ONNX Runtime's broadcasting Where is an order of magnitude slower than a Mul)."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.onnx.ops.symbolic("ThresholdedRelu", (x,), {"alpha": float(alpha)}, dtype=x.dtype,
+                                       shape=x.shape)
+    return torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype))
+
+
 class LINeHead(DetectorHead):
     """h' = min(h, c); l = argmax(W h' + b); score = E((W * M(l)) (h' * m_l) + b).
 
-    Both masks of class l are one gathered row of cuts: W * M(l) * m_l = W * 1[W > cut_l] (``line_weight_cuts``).
-    The (N, C, D) comparison is done in blocks of classes so that a large batch never holds it whole.
+    The logits of h and h' come from one matrix product (W read once). Both masks of class l are a fixed threshold
+    on W rescaled per column (``line_weight_scales``): per block of classes one Mul, one ThresholdedRelu and one
+    batched MatMul with h' * factor_l, so the (N, C, D) masked weights are never held whole and no comparison,
+    cast or Where is spent on them. Where that form cannot represent the masks, the general one: W * 1[W > cut_l]
+    (``line_weight_cuts``).
     """
 
-    #: entries (classes x features) of one comparison block; bounds the head's memory at ~5 bytes x N x this
-    BLOCK = 1 << 18
+    #: entries (classes x features) per sample of one block. Measured on whole EfficientNet-Lite0 graphs (ONNX Runtime,
+    #: 1 thread): a batch of 1 wants few, large blocks (per-node overhead; W streams from memory once either way), a
+    #: batch of 32 small ones (its blocks stay in cache); 2^16 is within noise of the best at 32 and near it at 1.
+    #: It also bounds the head's memory: ~8 bytes x N x this at a time
+    BLOCK = 1 << 16
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, cuts: np.ndarray, clip: float) -> None:
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, clip: float, *,
+                 scales: tuple[np.ndarray, np.ndarray, float] | None = None, cuts: np.ndarray | None = None) -> None:
         super().__init__(weight, bias)
-        self.register_buffer("weight_cuts", torch.as_tensor(cuts, dtype=torch.float32))
+        if (scales is None) == (cuts is None):
+            raise ValueError("LINeHead needs either scales or cuts")
+        self.alpha = None if scales is None else float(scales[2])
+        if scales is not None:
+            self.register_buffer("weight_scales", torch.as_tensor(scales[0], dtype=torch.float32))
+            self.register_buffer("input_factors", torch.as_tensor(scales[1], dtype=torch.float32))
+        else:
+            self.register_buffer("weight_cuts", torch.as_tensor(cuts, dtype=torch.float32))
         self.register_buffer("clip", torch.tensor(float(clip), dtype=torch.float32))
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hc = torch.minimum(h, self.clip)
+        both = torch.nn.functional.linear(torch.cat([h, hc]), self.weight, self.bias)
+        z, zc = both[:h.shape[0]], both[h.shape[0]:]
+        return z, self.masked_energy(hc, torch.argmax(zc, dim=1)), torch.argmax(z, dim=1)
 
     def score_from(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         hc = torch.minimum(h, self.clip)
-        cut = self.weight_cuts.index_select(0, torch.argmax(self.logits(hc), dim=1))[:, None, :]  # (N, 1, D)
-        rows = max(1, self.BLOCK // self.weight.shape[1])
-        x = hc[:, :, None]
+        return self.masked_energy(hc, torch.argmax(self.logits(hc), dim=1))
+
+    def masked_energy(self, hc: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        """E((W * M(l)) (h' * m_l) + b) for clipped features h' and their classes l."""
+        c, d = self.weight.shape
+        rows = max(1, self.BLOCK // d)
         parts = []
-        for start in range(0, self.weight.shape[0], rows):
-            w = self.weight[start:start + rows]
-            # Cast + Mul rather than Where: ONNX Runtime's broadcasting Where is far slower on these tensors
-            parts.append(torch.matmul((w > cut).to(h.dtype) * w, x)[:, :, 0])  # (N, rows)
-        return energy(torch.cat(parts, dim=1) + self.bias)
+        if self.alpha is not None:
+            scale = self.weight_scales.index_select(0, lab)[:, None, :]  # (N, 1, D)
+            x = (hc * self.input_factors.index_select(0, lab))[:, :, None]  # (N, D, 1)
+            for start in range(0, c, rows):
+                w = self.weight[start:start + rows]
+                parts.append(torch.matmul(thresholded_relu(w * scale, self.alpha), x))  # (N, rows, 1)
+        else:
+            cut = self.weight_cuts.index_select(0, lab)[:, None, :]  # (N, 1, D)
+            x = hc[:, :, None]
+            for start in range(0, c, rows):
+                w = self.weight[start:start + rows]
+                # Cast + Mul rather than Where: ONNX Runtime's broadcasting Where is far slower on these tensors
+                parts.append(torch.matmul((w > cut).to(hc.dtype) * w, x))
+        return energy(torch.cat(parts, dim=1)[:, :, 0] + self.bias)
 
 
 class LINe(Detector):
@@ -154,5 +257,8 @@ class LINe(Detector):
             np.percentile(np.concatenate(values).astype(np.float64), clip[1]))
 
     def _build_head(self) -> DetectorHead:
-        cuts = line_weight_cuts(self.weight_, self.contribution_, self.neuron_mask_, self.thresholds_)
-        return LINeHead(self.weight_, self.bias_, cuts, self.clip_)
+        state = (self.weight_, self.contribution_, self.neuron_mask_, self.thresholds_)
+        scales = line_weight_scales(*state)
+        if scales is not None:
+            return LINeHead(self.weight_, self.bias_, self.clip_, scales=scales)
+        return LINeHead(self.weight_, self.bias_, self.clip_, cuts=line_weight_cuts(*state))
