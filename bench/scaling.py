@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> Section:
              f"ResNet-50-sized graph at batch {big}: LINe {whole['line']:.0f} MiB, bare {whole['bare']:.0f} MiB. "
              f"LINe's head alone still costs {by_batch['line'][batches[-1]] / by_batch['linear'][batches[-1]]:.0f}× "
              f"the Linear at batch {batches[-1]}: its per-sample masks make the last layer N masked products (a "
-             "compare, a cast and a multiply over N·C·D values, then a batched MatMul) instead of one GEMM."]
+             "multiply and a ThresholdedRelu over N·C·D values, then a batched MatMul) instead of one GEMM."]
     body = f"""
 ONNX Runtime CPU, {args.threads} intra-op thread(s), medians of {reps} interleaved repetitions (digits graphs:
 {3 if args.quick else 15}). Raw numbers: `bench/.cache/results/scaling.json`.
