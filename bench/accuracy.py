@@ -113,9 +113,9 @@ def accuracy_markdown(evaluations: list, seconds: dict[str, float], skipped: dic
     lines = [
         "# Accuracy: Fashion-MNIST (ID) vs real OOD images", "",
         "Produced by `python bench/accuracy.py` (this file and `docs/accuracy/` are written by it; do not edit by "
-        f"hand). It ran in {total / 60:.1f} min on {m['cpu']} ({m['logical_cores']} cores shared with other work, "
-        f"{args.threads} thread(s)), Python {m['python']}, oodgate {m['oodgate']}, torch {m['torch']}, onnxruntime "
-        f"{m['onnxruntime']}, numpy {m['numpy']}, on {m['date'][:10]}.", "",
+        f"hand). It ran in {total / 60:.1f} min on {m['CPU']} (shared with other work, {args.threads} thread(s)), "
+        f"Python / PyTorch / ONNX Runtime {m['Python / PyTorch / ONNX Runtime']}, onnx / onnxscript / NumPy "
+        f"{m['onnx / onnxscript / NumPy']}, oodgate {m['oodgate']}, on {m['date']}.", "",
         "## Setup", "",
         f"- **Classifier**: the built-in `fashion-cnn` (`oodgate/models/fashion_cnn.py`, SmallCNN width "
         f"{card['width']}, 28x28 grayscale), trained by `python -m oodgate.models.training fashion` on the first "

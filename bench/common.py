@@ -82,7 +82,7 @@ def _output(*cmd: str) -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, RAM, OS, versions, date, commit, load and GPU: the facts every results table is stated with."""
+    """The facts every results table is stated with (label: value): CPU, RAM, OS, versions, commit, date, GPU, load."""
     import onnx
     import onnxruntime
     import torch
@@ -99,15 +99,15 @@ def machine_info() -> dict[str, Any]:
     if _output("git", "status", "--porcelain", "--untracked-files=no"):
         commit += " + uncommitted changes"
     gpu = _output("nvidia-smi", "--query-gpu=name", "--format=csv,noheader")
-    return {
-        "cpu": cpu_name(), "logical_cores": os.cpu_count(),
-        "ram_gib": round(int(mem.split()[0]) / 2**20, 1) if mem else None,
-        "os": f"{_field('/etc/os-release', 'PRETTY_NAME=') or platform.platform()} (kernel {platform.release()})",
-        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__, "onnxscript": osv, "numpy": np.__version__, "oodgate": oodgate.__version__,
-        "commit": commit, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average": [round(v, 2) for v in os.getloadavg()], "gpu": gpu.splitlines()[0] if gpu else None,
-    }
+    return {"CPU": f"{cpu_name()}, {os.cpu_count()} logical cores",
+            "RAM": f"{round(int(mem.split()[0]) / 2**20, 1) if mem else '?'} GiB",
+            "OS": f"{_field('/etc/os-release', 'PRETTY_NAME=') or platform.platform()} (kernel {platform.release()})",
+            "Python / PyTorch / ONNX Runtime": f"{platform.python_version()} / {torch.__version__} / "
+                                               f"{onnxruntime.__version__}",
+            "onnx / onnxscript / NumPy": f"{onnx.__version__} / {osv} / {np.__version__}",
+            "oodgate": f"{oodgate.__version__} (commit {commit})",
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "GPU": gpu.splitlines()[0] if gpu else "none", "load": " / ".join(f"{v:.2f}" for v in os.getloadavg())}
 
 
 # -- timing and statistics -------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -62,17 +61,12 @@ def _run_questions(chosen: list[str], args: argparse.Namespace) -> None:
 
 
 def _header(info: dict, args: argparse.Namespace, command: str) -> str:
-    load_end = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    rows = [["CPU", f"{info['cpu']}, {info['logical_cores']} logical cores"], ["RAM", f"{info['ram_gib']} GiB"],
-            ["OS", info["os"]],
-            ["Python / PyTorch / ONNX Runtime", f"{info['python']} / {info['torch']} / {info['onnxruntime']}"],
-            ["onnx / onnxscript / NumPy", f"{info['onnx']} / {info['onnxscript']} / {info['numpy']}"],
-            ["oodgate", f"{info['oodgate']} (commit {info['commit']})"], ["date", info["date"]],
-            ["threads", f"{args.threads} intra-op thread(s) for PyTorch and ONNX Runtime alike; 1 inter-op thread"],
-            ["processes", f"{args.jobs} question(s) at a time, one process each"],
-            ["load average (1/5/15 min)", f"{' / '.join(map(str, info['load_average']))} at the start, {load_end} at "
-             "the end — the machine is shared, so absolute times are those of a loaded machine; ratios compare "
-             "variants interleaved within one process"], ["GPU", info["gpu"] or "none"]]
+    rows = [[k, v] for k, v in info.items() if k not in ("GPU", "load")] + [
+        ["threads", f"{args.threads} intra-op thread(s) for PyTorch and ONNX Runtime alike; 1 inter-op thread"],
+        ["processes", f"{args.jobs} question(s) at a time, one process each"],
+        ["load average (1/5/15 min)", f"{info['load']} at the start, {machine_info()['load']} at the end — the machine "
+         "is shared, so absolute times are those of a loaded machine; ratios compare variants interleaved within one "
+         "process"], ["GPU", info["GPU"]]]
     return (f"# Benchmarks: what the OOD head costs, and how far oodgate is from the floor\n\nWritten by `{command}`. "
             "Every number is a ratio or a time measured in this one run on the machine below: compared variants are "
             "called in turn within each repetition and ratios are taken per repetition, then summarised as "
@@ -111,8 +105,8 @@ def main() -> int:
     sections: dict[str, Section] = {}
     for q in (q for q in chosen if results_path(q).is_file()):
         sections[q], built = Section.load(q)
-        for k, v in built.items():
-            BUILT[k] += v if not args.from_results else 0
+        for k, v in built.items() if not args.from_results else ():
+            BUILT[k] += v
     failed, chosen = [q for q in chosen if q not in sections], [q for q in chosen if q in sections]
     elapsed = time.perf_counter() - t0
     targets = [t for q in chosen for t in sections[q].targets]
