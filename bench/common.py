@@ -211,7 +211,7 @@ class Section:
     #: sentences computed from this run's numbers (what the numbers say, what was missed and by how much)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    peak_gib: float = float("nan")  # peak resident memory of the question's process
+    peak_gib: float = float("nan")  # peak resident memory of the question's process (or of one of its children)
 
     def markdown(self) -> str:
         notes = "\n\n".join(self.notes)
@@ -279,7 +279,10 @@ def script_main(run: Callable[[argparse.Namespace], Section], doc: str | None,
         torch.set_num_interop_threads(1)
     t0 = time.perf_counter()
     sec = run(args)
-    sec.seconds, sec.peak_gib = time.perf_counter() - t0, rss_kib()[1] / 2**20
+    import resource  # the largest of this process and its children (export, memory and fit children)
+
+    peak_kib = max(rss_kib()[1], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    sec.seconds, sec.peak_gib = time.perf_counter() - t0, peak_kib / 2**20
     sec.save()
     print(sec.markdown())
 
