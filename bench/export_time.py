@@ -11,7 +11,7 @@ import pkgutil
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from common import (CACHE, Section, bench_model, calibration, chosen_models, fmt_time, md_table, run_json_child,
                     script_main)
@@ -35,8 +35,9 @@ OTHER = "other (imports, module set-up, metadata)"
 TARGETS = {"single-pass": 10.0, "adascale": 30.0}
 
 
-def child(model: str, method: str) -> dict:
-    """Export (model, method) once with every stage timed; returns seconds per stage (exclusive) and the total."""
+def stage_timer() -> tuple[dict[str, float], Callable[[str, Any], Any]]:
+    """(exclusive seconds per stage, wrap): ``wrap(stage, fn)`` times fn's calls as ``stage``, less the time spent in
+    other wrapped calls inside them."""
     exclusive: dict[str, float] = defaultdict(float)
     nested: list[float] = []  # per active wrapped call: the time spent in wrapped calls inside it
 
@@ -53,6 +54,12 @@ def child(model: str, method: str) -> dict:
                     nested[-1] += spent
         return timed
 
+    return exclusive, wrap
+
+
+def child(model: str, method: str) -> dict:
+    """Export (model, method) once with every stage timed; returns seconds per stage (exclusive) and the total."""
+    exclusive, wrap = stage_timer()
     bm = bench_model(model)
     cal = calibration(bm, method)
     from oodgate.exporter import export
