@@ -11,9 +11,6 @@ A detector that fails to fit or export is skipped with a note.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,12 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cpu_name
+from common import ROOT, machine_info, md_table, write_text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-OOD_SETS = ("digits", "textures", "photos", "faces", "noise")
 OOD_NOTES = {
     "digits": "scikit-learn's 8x8 digits upscaled (bilinear): MNIST-like, meant as the near-OOD set",
     "textures": "random crops of scikit-image's brick, grass, gravel and moon images",
@@ -34,17 +27,6 @@ OOD_NOTES = {
     "faces": "scikit-image's LFW faces (200, all of them)",
     "noise": "uniform random pixels",
 }
-COMMAND = "python bench/accuracy.py"
-
-
-def _versions() -> str:
-    import onnxruntime
-    import torch
-
-    import oodgate
-
-    return (f"Python {platform.python_version()}, oodgate {oodgate.__version__}, torch {torch.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}")
 
 
 def main() -> int:
@@ -61,21 +43,18 @@ def main() -> int:
     import torch
 
     import oodgate
-    from oodgate.data.sets import fashion_mnist, fashion_mnist_available, ood_set
+    from oodgate.data import fashion_mnist, fashion_mnist_available, ood_set
     from oodgate.detectors import available_detectors
-    from oodgate.evaluation.evaluate import evaluate_session, metrics_table
+    from oodgate.evaluation import evaluate_session, metrics_table, write_report
     from oodgate.models import load_model, read_card
     from oodgate.models.fashion_cnn import CARD
-    from oodgate.evaluation.report import write_report
     from oodgate.runtime import Session
 
     if not fashion_mnist_available():
         print("Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    card = read_card(CARD)
-    bundle = load_model("fashion-cnn")
+    t_start, card, bundle = time.perf_counter(), read_card(CARD), load_model("fashion-cnn")
     seen = int(card["train_images"])  # the classifier trained on train[:seen]; fit and threshold use later images
     train = fashion_mnist("train")
     if seen + args.fit + args.holdout > len(train):
@@ -83,19 +62,17 @@ def main() -> int:
     fit_set = train.subset(np.arange(seen, seen + args.fit), name="fashion-mnist:train-fit")
     held = train.subset(np.arange(seen + args.fit, seen + args.fit + args.holdout), name="fashion-mnist:train-holdout")
     test = fashion_mnist("test", limit=args.test)
-    oods = {name: ood_set(name, n=args.ood, size=(28, 28), channels="L", seed=0) for name in OOD_SETS}
+    oods = {name: ood_set(name, n=args.ood, size=(28, 28), channels="L", seed=0) for name in OOD_NOTES}
     methods = args.methods.split(",") if args.methods else available_detectors()
     print(f"fashion-cnn (test acc {card['test_accuracy']}); fit {len(fit_set)}, threshold {len(held)}, test "
           f"{len(test)}; OOD {', '.join(f'{k} {len(v)}' for k, v in oods.items())}; methods {', '.join(methods)}")
-
     evaluations, seconds, skipped = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="oodgate-accuracy-") as tmp:
         for method in methods:
             t = time.perf_counter()
             try:
                 cal = oodgate.calibrate(bundle, fit_set, method=method, holdout=held, tpr=0.95, progress=False)
-                graph = Path(tmp) / f"fashion-{method}.onnx"
-                oodgate.export(cal, graph)
+                oodgate.export(cal, graph := Path(tmp) / f"fashion-{method}.onnx")
                 with Session(graph, providers="cpu", threads=args.threads) as sess:
                     evaluations.append(evaluate_session(sess, test, oods, batch_size=256, progress=False))
             except Exception as exc:  # noqa: BLE001 - one failing detector must not stop the benchmark
@@ -109,9 +86,8 @@ def main() -> int:
     if not evaluations:
         print("no detector could be evaluated", file=sys.stderr)
         return 1
-
-    best = max(evaluations, key=lambda e: e.per_set()["mean"]["auroc"])
-    plotted = list(dict.fromkeys(m for m in ("energy", best.method) if m in seconds))
+    best = max(evaluations, key=lambda e: e.per_set()["mean"]["auroc"]).method
+    plotted = list(dict.fromkeys(m for m in ("energy", best) if m in seconds))
     out = args.docs / "accuracy"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # plots of methods no longer drawn would linger
@@ -119,39 +95,28 @@ def main() -> int:
     write_report(evaluations, out, plot_methods=plotted, overwrite=True,
                  title="Fashion-MNIST (ID) vs real OOD sets: every detector")
     total = time.perf_counter() - t_start
-    text = accuracy_markdown(evaluations, seconds, skipped, plotted, card, args, total,
-                             metrics_table(evaluations), _versions())
-    target = args.docs / "ACCURACY.md"
-    tmp_path = target.with_name(".ACCURACY.md.tmp")
-    tmp_path.write_text(text)
-    os.replace(tmp_path, target)
-    print(f"wrote {target} and {out}/ in {total:.0f} s")
+    write_text(args.docs / "ACCURACY.md", accuracy_markdown(evaluations, seconds, skipped, plotted, best, card, args,
+                                                            total, metrics_table(evaluations)))
+    print(f"wrote {args.docs / 'ACCURACY.md'} and {out}/ in {total:.0f} s")
     return 0
 
 
 def accuracy_markdown(evaluations: list, seconds: dict[str, float], skipped: dict[str, str], plotted: list[str],
-                      card: dict, args: argparse.Namespace, total: float, table: str, versions: str) -> str:
+                      best: str, card: dict, args: argparse.Namespace, total: float, table: str) -> str:
     """docs/ACCURACY.md."""
-    seen = int(card["train_images"])
-    ev0 = evaluations[0]
+    seen, m, ev0 = int(card["train_images"]), machine_info(), evaluations[0]
     sizes = ", ".join(f"{o.name} {len(o.scores)}" for o in ev0.ood_sets)
-    rows = ["| method | ID acc | τ | ID rejected at τ | AUROC | FPR95 classic (ID+) | FPR95 OpenOOD (OOD+) | "
-            "AUPR-In | AUPR-Out | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for ev in evaluations:
-        m = ev.per_set()["mean"]
-        rows.append(f"| {ev.method} | {100 * ev.id_accuracy:.2f} | {ev.threshold:.5g} | "
-                    f"{100 * float(np.mean(ev.id_set.is_ood)):.2f} | {100 * m['auroc']:.2f} | "
-                    f"{100 * m['fpr95_id_positive']:.2f} | {100 * m['fpr95_ood_positive']:.2f} | "
-                    f"{100 * m['aupr_in']:.2f} | {100 * m['aupr_out']:.2f} | {seconds[ev.method]:.1f} |")
+    rows = [[ev.method, f"{100 * ev.id_accuracy:.2f}", f"{ev.threshold:.5g}", f"{100 * np.mean(ev.id_set.is_ood):.2f}",
+             *(f"{100 * ev.per_set()['mean'][k]:.2f}" for k in ("auroc", "fpr95_id_positive", "fpr95_ood_positive",
+                                                                 "aupr_in", "aupr_out")), f"{seconds[ev.method]:.1f}"]
+            for ev in evaluations]
     lines = [
-        "# Accuracy: Fashion-MNIST (ID) vs real OOD images",
-        "",
-        f"Produced by `{COMMAND}` (this file and `docs/accuracy/` are written by it; do not edit by hand). "
-        f"It ran in {total / 60:.1f} min on {cpu_name()} ({os.cpu_count()} cores shared with other work, "
-        f"{args.threads} thread(s)), {versions}, on {dt.date.today().isoformat()}.",
-        "",
-        "## Setup",
-        "",
+        "# Accuracy: Fashion-MNIST (ID) vs real OOD images", "",
+        "Produced by `python bench/accuracy.py` (this file and `docs/accuracy/` are written by it; do not edit by "
+        f"hand). It ran in {total / 60:.1f} min on {m['CPU']} (shared with other work, {args.threads} thread(s)), "
+        f"Python / PyTorch / ONNX Runtime {m['Python / PyTorch / ONNX Runtime']}, onnx / onnxscript / NumPy "
+        f"{m['onnx / onnxscript / NumPy']}, oodgate {m['oodgate']}, on {m['date']}.", "",
+        "## Setup", "",
         f"- **Classifier**: the built-in `fashion-cnn` (`oodgate/models/fashion_cnn.py`, SmallCNN width "
         f"{card['width']}, 28x28 grayscale), trained by `python -m oodgate.models.training fashion` on the first "
         f"{seen} Fashion-MNIST train images ({card['epochs']} epochs, {card['train_seconds']:.0f} s on CPU); test "
@@ -163,32 +128,26 @@ def accuracy_markdown(evaluations: list, seconds: dict[str, float], skipped: dic
         f"{len(ev0.id_set.scores)} Fashion-MNIST test images (ID) against {sizes} OOD images, all 28x28 grayscale "
         "(`oodgate.data.ood_set(name, n, size=(28, 28), channels='L', seed=0)`):",
         *(f"  - {name}: {note}" for name, note in OOD_NOTES.items()),
-        "- **Metrics** (`oodgate.metrics`, in %): AUROC; FPR@95%TPR classic = ID positive, share of OOD accepted at "
-        "the threshold that keeps 95 % of ID (DICE, LINe, MOS, Energy papers); FPR95 OpenOOD = OOD positive, share "
-        "of ID rejected at the threshold that catches 95 % of OOD (OpenOOD, AdaSCALE). ID acc is the graph's label "
-        "output on the test images.",
-        "",
-        "## AUROC | FPR@95%TPR (classic) per OOD set, in %",
-        "",
-        table,
-        "",
-        "## Mean over the OOD sets, every metric, in %",
-        "",
-        *rows,
-        "",
+        "- **Metrics** (`oodgate.evaluation.metrics`, in %): AUROC; FPR@95%TPR classic = ID positive, share of OOD "
+        "accepted at the threshold that keeps 95 % of ID (DICE, LINe, MOS, Energy papers); FPR95 OpenOOD = OOD "
+        "positive, share of ID rejected at the threshold that catches 95 % of OOD (OpenOOD, AdaSCALE). ID acc is the "
+        "graph's label output on the test images.", "",
+        "## AUROC | FPR@95%TPR (classic) per OOD set, in %", "", table, "",
+        "## Mean over the OOD sets, every metric, in %", "",
+        md_table(["method", "ID acc", "τ", "ID rejected at τ", "AUROC", "FPR95 classic (ID+)", "FPR95 OpenOOD (OOD+)",
+                  "AUPR-In", "AUPR-Out", "seconds"], rows), "",
         "`seconds`: calibrate + export + evaluate for that method.",
     ]
     if skipped:
         lines += ["", "Skipped (failed to fit or export):", "", *(f"- {k}: {v}" for k, v in skipped.items())]
     lines += ["", "## Plots", "",
-              f"For {', '.join(f'`{m}`' for m in plotted)} (energy as the baseline, and the method with the best "
-              f"mean AUROC: `{max(evaluations, key=lambda e: e.per_set()['mean']['auroc']).method}`). All numbers "
-              "per set, the what-if thresholds per method and the plots: [accuracy/metrics.md](accuracy/metrics.md), "
-              "[accuracy/metrics.json](accuracy/metrics.json), [accuracy/index.html](accuracy/index.html).", ""]
-    for m in plotted:
-        pre = f"accuracy/{m}_"
-        lines += [f"### {m}", "", f"![{m} ROC]({pre}roc.png) ![{m} trade-off]({pre}tradeoff.png)", "",
-                  " ".join(f"![{m} {o.name}]({pre}hist_{o.name}.png)" for o in ev0.ood_sets), ""]
+              f"For {', '.join(f'`{p}`' for p in plotted)} (energy as the baseline, and the method with the best mean "
+              f"AUROC: `{best}`). All numbers per set, the what-if thresholds per method and the plots: "
+              "[accuracy/metrics.md](accuracy/metrics.md), [accuracy/metrics.json](accuracy/metrics.json), "
+              "[accuracy/index.html](accuracy/index.html).", ""]
+    for p in plotted:
+        lines += [f"### {p}", "", f"![{p} ROC](accuracy/{p}_roc.png) ![{p} trade-off](accuracy/{p}_tradeoff.png)", "",
+                  " ".join(f"![{p} {o.name}](accuracy/{p}_hist_{o.name}.png)" for o in ev0.ood_sets), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -1,14 +1,6 @@
 """Question 3: AdaSCALE's graph vs its floor (forward + backward-to-input + forward) and vs the eager reference.
 
     python bench/adascale_floor.py [--quick] [--threads 1] [--models ...]
-
-AdaSCALE needs, per sample, the input gradient of the predicted-class logit and a second forward pass of a
-perturbed input, so no implementation can cost less than forward + backward-to-input + forward. Timed, interleaved:
-the exported AdaSCALE-A/-L graphs (ONNX Runtime CPU); the *eager floor* (that minimum in PyTorch eager: no
-selection, no head); the *ORT floor* (oodgate's traced gradient graph, then the bare classifier graph on
-x + eps*sign(g)); the *eager reference* (oodgate's autograd AdaSCALE-A, what a PyTorch user runs); and the eager /
-ORT forwards alone, to split the floors into forward and backward. Target: graph within 1.1x of the eager floor.
-An ONNX Runtime profile of the gradient graph says which ops its time goes to.
 """
 
 from __future__ import annotations
@@ -16,11 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from common import (CACHE, GRAPHS, Section, Stat, bare_graph_path, bench_model, cached_file, calibration, chosen_models,
-                    eager_floor_runner, eager_runner, fmt_ratio, fmt_stat_time, fmt_time, graph_path, key_of, log,
+from common import (CACHE, GRAPHS, BenchModel, Section, Stat, bare_graph_path, bench_model, cached_file, calibration,
+                    chosen_models, eager_runner, example_input, fmt_ratio, fmt_stat_time, fmt_time, graph_path, key_of,
                     md_table, ort_cpu, ort_runner, ratio, script_main, source_hash, time_interleaved, verdict)
 
 TARGET = 1.1
@@ -30,14 +23,12 @@ REPS = {("digits-cnn", 1): 11, ("digits-cnn", 32): 9, ("efficientnet-lite0", 1):
         ("resnet50-sized", 1): 5, ("resnet50-sized", 4): 3}
 
 
-def gradient_graph_path(bm) -> Path:  # noqa: ANN001
+def gradient_graph_path(bm: BenchModel) -> Path:
     """oodgate's traced (logits, input gradient of the predicted logit) graph of the classifier, cached."""
-    import torch
-
     from oodgate.detectors.gradient import export_gradient_onnx, trace_logits_and_input_gradient
 
     key = key_of(bm.digest(), bm.input_shape, source_hash(["oodgate/detectors/gradient.py", "oodgate/exporter"]))
-    example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(0))
+    example = example_input(bm, seed=0)
     return cached_file(CACHE / "graphs" / bm.name / f"gradient-{key}.onnx", f"trace + export {bm.name} gradient",
                        lambda tmp: export_gradient_onnx(trace_logits_and_input_gradient(bm.split, example), example,
                                                         tmp, input_names=("input",)))
@@ -62,7 +53,25 @@ def op_profile(path: Path, x: np.ndarray, threads: int, runs: int = 3) -> dict[s
     return {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def ort_floor_runner(grad_sess, bare_sess, x: np.ndarray, eps: float):  # noqa: ANN001, ANN201
+def eager_floor_runner(bm: BenchModel, x: np.ndarray, eps: float) -> Callable[[], Any]:
+    """AdaSCALE's floor in PyTorch eager: forward, backward of the predicted-class logit to the input, and a
+    second forward of the perturbed input (no selection, no head)."""
+    import torch
+
+    split, xt = bm.split, torch.from_numpy(x)
+
+    def run() -> Any:
+        xg = xt.detach().requires_grad_(True)
+        z = split.head(split.backbone(xg))
+        (g,) = torch.autograd.grad(z.gather(1, z.detach().argmax(dim=1, keepdim=True)).sum(), xg)
+        with torch.no_grad():
+            return split.backbone(xt + eps * torch.sign(g))
+
+    return run
+
+
+def ort_floor_runner(grad_sess: Any, bare_sess: Any, x: np.ndarray, eps: float) -> Callable[[], Any]:
+    """The same floor in ONNX Runtime: oodgate's gradient graph, then the bare graph on x + eps * sign(g)."""
     g_in, b_in = grad_sess.get_inputs()[0].name, bare_sess.get_inputs()[0].name
     return lambda: bare_sess.run(None, {b_in: x + np.float32(eps) * np.sign(grad_sess.run(None, {g_in: x})[1])})
 
@@ -72,54 +81,55 @@ def run(args: argparse.Namespace) -> Section:
     rows, floors, profile_rows, targets, notes = [], [], [], [], []
     for name in chosen_models(args):
         bm = bench_model(name)
-        pairs = [(g, m) for g, m in (("graph A", "adascale_a"), ("graph L", "adascale_l")) if m in GRAPHS[name]]
-        graphs = {g: ort_cpu(graph_path(bm, m), args.threads) for g, m in pairs}
-        cal_a = calibration(bm, "adascale_a")
-        grad_path = gradient_graph_path(bm)
+        graphs = {g: ort_cpu(graph_path(bm, m), args.threads)
+                  for g, m in (("graph A", "adascale_a"), ("graph L", "adascale_l")) if m in GRAPHS[name]}
+        cal_a, grad_path = calibration(bm, "adascale_a"), gradient_graph_path(bm)
         grad_sess, bare_sess = ort_cpu(grad_path, args.threads), ort_cpu(bare_graph_path(bm), args.threads)
         eps = float(cal_a.params["eps"])
         shares = data["gradient_profile"][name] = op_profile(grad_path, bm.inputs(4), args.threads)
         profile_rows.append([bm.name, ", ".join(f"{op} {100 * v:.0f} %" for op, v in list(shares.items())[:5])])
         for batch in (1, 8) if args.quick else BATCHES[name]:
-            reps = 3 if args.quick else REPS.get((name, batch), 5)
             x = bm.inputs(batch)
-            variants = {**{g: ort_runner(s, x) for g, s in graphs.items()},
-                        "eager floor": eager_floor_runner(bm, x, eps),
-                        "ORT floor": ort_floor_runner(grad_sess, bare_sess, x, eps),
-                        "eager reference": eager_runner(bm, cal_a, x), "bare": ort_runner(bare_sess, x),
-                        "eager forward": eager_runner(bm, calibration(bm, "energy"), x)}
-            log(f"adascale_floor: {name} batch {batch}, {len(variants)} variants x {reps} reps")
-            t = time_interleaved(variants, reps=reps)
+            t = time_interleaved({**{g: ort_runner(s, x) for g, s in graphs.items()},
+                                  "eager floor": eager_floor_runner(bm, x, eps),
+                                  "ORT floor": ort_floor_runner(grad_sess, bare_sess, x, eps),
+                                  "eager reference": eager_runner(bm, cal_a, x), "bare": ort_runner(bare_sess, x),
+                                  "eager forward": eager_runner(bm, calibration(bm, "energy"), x)},
+                                 reps=3 if args.quick else REPS.get((name, batch), 5),
+                                 what=f"adascale_floor: {name} batch {batch}")
             res: dict = {k: Stat.of(v).as_dict() for k, v in t.items()}
-            worst = 0.0
             for g in graphs:
                 r = {"vs_eager_floor": ratio(t[g], t["eager floor"]), "vs_ort_floor": ratio(t[g], t["ORT floor"]),
                      "eager_reference_speedup": ratio(t["eager reference"], t[g]), "vs_bare": ratio(t[g], t["bare"])}
-                worst = max(worst, r["vs_eager_floor"].median)
                 rows.append([bm.name if g == "graph A" else "", batch if g == "graph A" else "", g,
                              fmt_stat_time(Stat.of(t[g])), fmt_ratio(r["vs_eager_floor"]),
                              verdict(r["vs_eager_floor"].median <= TARGET), fmt_ratio(r["vs_ort_floor"]),
                              fmt_ratio(r["eager_reference_speedup"]), fmt_ratio(r["vs_bare"], 1)])
                 res[g + " ratios"] = {k: v.as_dict() for k, v in r.items()}
+            worst = max(res[g + " ratios"]["vs_eager_floor"]["median"] for g in graphs)
             speedup = min(res[g + " ratios"]["eager_reference_speedup"]["median"] for g in graphs)
-            targets.append([f"3. AdaSCALE graph ≤ {TARGET}× eager floor — {name}, batch {batch}",
-                            f"{worst:.2f}× (worse of A, L)", worst <= TARGET])
-            targets.append([f"2. ORT ≥ 1.3× PyTorch eager — AdaSCALE, {name}, batch {batch} (question 3)",
-                            f"{speedup:.2f}× (worse of A, L)", speedup >= 1.3])
-            med = {k: Stat.of(v).median for k, v in t.items()}
-            parts = {"eager forward": med["eager forward"],
-                     "eager backward": med["eager floor"] - 2 * med["eager forward"],
-                     "ORT forward": med["bare"], "ORT backward": med["ORT floor"] - 2 * med["bare"]}
+            targets += [[f"3. AdaSCALE graph ≤ {TARGET}× eager floor — {name}, batch {batch}",
+                         f"{worst:.2f}× (worse of A, L)", worst <= TARGET],
+                        [f"2. ORT ≥ 1.3× PyTorch eager — AdaSCALE, {name}, batch {batch} (question 3)",
+                         f"{speedup:.2f}× (worse of A, L)", speedup >= 1.3]]
+            med = {k: v["median"] for k, v in res.items() if "median" in v}
+            parts = res["parts_s"] = {"eager forward": med["eager forward"],
+                                      "eager backward": med["eager floor"] - 2 * med["eager forward"],
+                                      "ORT forward": med["bare"], "ORT backward": med["ORT floor"] - 2 * med["bare"]}
             floors.append([bm.name, batch, fmt_time(med["eager floor"]), fmt_time(med["ORT floor"]),
                            *(fmt_time(v) for v in parts.values())])
-            res["parts_s"] = parts
             data["results"][f"{name}/b{batch}"] = res
             notes.append(f"{name} batch {batch}: backward / forward {parts['ORT backward'] / parts['ORT forward']:.1f}"
                          f"× in ONNX Runtime, {parts['eager backward'] / parts['eager forward']:.1f}× in eager")
     body = f"""
-ONNX Runtime CPU and PyTorch eager on {args.threads} intra-op thread(s), all variants interleaved; ratios per
-repetition, median [q1–q3]. Target: graph ≤ {TARGET}× the eager floor. The 224×224 models are timed at batch 1 and
-8 (EfficientNet-Lite0) or 4 (ResNet-50-sized): at batch 32 their eager variants take many seconds per call here.
+AdaSCALE needs, per sample, the input gradient of the predicted-class logit and a second forward pass of a perturbed
+input, so no implementation can cost less than forward + backward-to-input + forward. Timed, interleaved, on
+{args.threads} intra-op thread(s): the exported AdaSCALE-A/-L graphs (ONNX Runtime CPU); the *eager floor* (that
+minimum in PyTorch eager: no selection, no head); the *ORT floor* (oodgate's traced gradient graph, then the bare
+classifier graph on x + eps·sign(g)); the *eager reference* (oodgate's autograd AdaSCALE-A, what a PyTorch user runs);
+and the eager / ORT forwards alone, to split the floors into forward and backward. Ratios per repetition, median
+[q1–q3]. Target: graph ≤ {TARGET}× the eager floor. The 224×224 models are timed at batch 1 and 8
+(EfficientNet-Lite0) or 4 (ResNet-50-sized): at batch 32 their eager variants take many seconds per call here.
 
 {md_table(["model", "batch", "graph", "graph time, median [q1–q3]", "graph / eager floor", f"target ≤ {TARGET}×",
            "graph / ORT floor", "speed-up vs eager reference", "graph / bare classifier"], rows)}

@@ -1,13 +1,6 @@
 """Question 4: calibration cost — fit time and peak memory of DICE, LINe and MOS; LINe's graph size at ImageNet shape.
 
     python bench/calibration_cost.py [--quick] [--threads 1] [--n 10000]
-
-Synthetic features at ImageNet-ResNet-50 shape (C = 1000, D = 2048, 10 000 samples; ``heads.synthetic_problem``);
-each fit runs in a fresh process that loads the features, then measures time and the peak resident memory above
-them. LINe's Shapley statistics are computed two ways: oodgate's closed form S_c = W_c * mu_c (for a linear head
-dz_c/dh = W_c), and the official code's approach (a baseline written here: per image a backward of the ground-truth
-logit to the pooled feature, h * grad accumulated per class; from precomputed features, so a lower bound of its
-cost). The bench asserts that both give the same S and the same neuron masks.
 """
 
 from __future__ import annotations
@@ -17,10 +10,13 @@ import time
 
 import numpy as np
 
-from common import CACHE, Section, fmt_time, log, md_table, run_json_child, script_main
+from common import Section, fmt_time, log, md_table, peak_memory, run_json_child, script_main
+from heads import head_graph_path, synthetic_problem
 
 SHAPES = {"imagenet": (1000, 2048), "mid": (100, 512)}
 MOS_STEPS = 50  # SGD steps timed at ImageNet shape (the default recipe's 2 000 would take minutes)
+#: the dice / line fits: (detector, parameters)
+FITS = {"dice": ("dice", {"p": 70}), "dice-react": ("dice", {"p": 70, "clip": "p90"}), "line-fit": ("line", {})}
 
 
 def _line_loop(h: np.ndarray, y: np.ndarray, w32: np.ndarray, b32: np.ndarray) -> np.ndarray:
@@ -47,10 +43,8 @@ def _line_closed(h: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def child(task: str, shape: str, n: int) -> dict:
     """One fit in this (fresh) process: seconds and peak MiB above the loaded features."""
-    import torch  # noqa: F401 - loaded before the count
+    import torch  # noqa: F401 - loaded before the count, like the fits' own imports
 
-    from common import peak_memory
-    from heads import synthetic_problem
     from oodgate.detectors import detector
 
     h, y, w, b = synthetic_problem(*SHAPES[shape], n=n, seed=3)
@@ -68,8 +62,7 @@ def child(task: str, shape: str, n: int) -> dict:
             out = {k: det.training_[k] for k in ("steps", "steps_run", "early_stopped", "batch_size")}
             out["groups"] = len(det.groups_)
         else:
-            name, params = {"dice": ("dice", {"p": 70}), "dice-react": ("dice", {"p": 70, "clip": "p90"}),
-                            "line-fit": ("line", {})}[task]
+            name, params = FITS[task]
             detector(name, **params).fit(h, y if name == "line" else None, weight=w, bias=b)
         out["seconds"] = time.perf_counter() - t0
     out["peak_mib"] = mem["peak_mib"]
@@ -83,9 +76,8 @@ def child(task: str, shape: str, n: int) -> dict:
 
 
 def _line_graph_size() -> tuple[list, dict]:
+    """The LINe head graph's large constants (rows) and totals at ImageNet shape; asserts they are O(C·D)."""
     import onnx
-
-    from heads import head_graph_path
 
     c, d = SHAPES["imagenet"]
     path = head_graph_path("line", c, d)
@@ -109,19 +101,17 @@ def run(args: argparse.Namespace) -> Section:
              "mos-steps": f"MOS head training, 8 ImageNet groups, {MOS_STEPS} SGD steps", "mos-default": ""}
     res = {}
     for task in tasks:
-        shape = "mid" if task == "mos-default" else "imagenet"
         log(f"calibration_cost: {task}")
-        res[task] = run_json_child(f"from calibration_cost import child; import json; print(json.dumps(child("
-                                   f"{task!r}, {shape!r}, {n})))", f"calibration_cost {task}")
+        shape = "mid" if task == "mos-default" else "imagenet"
+        res[task] = run_json_child("calibration_cost", f"child({task!r}, {shape!r}, {n})", f"calibration_cost {task}")
     md = res["mos-default"]
     tasks["mos-default"] = (f"MOS head training, default recipe ({md['steps']} steps planned, {md['steps_run']} run; "
                             f"{md['groups']} k-means groups)")
     rows = [[text, "×".join(map(str, SHAPES["mid" if t == "mos-default" else "imagenet"])),
              fmt_time(res[t]["seconds"]), f"{res[t]['peak_mib']:.0f}"] for t, text in tasks.items()]
     graph_rows, graph = _line_graph_size()
-    loop, closed = res["line-stats-loop"], res["line-stats-closed"]
-    speedup = loop["seconds"] / closed["seconds"]
-    c, d = SHAPES["imagenet"]
+    loop, closed, fit = res["line-stats-loop"], res["line-stats-closed"], res["line-fit"]
+    speedup, (c, d) = loop["seconds"] / closed["seconds"], SHAPES["imagenet"]
     targets = [[f"4. LINe closed form = per-image loop (asserted), {n:,} samples",
                 f"{speedup:.0f}× faster, max relative difference {loop['max_rel_diff']:.1e}, same neuron masks", True],
                [f"4. LINe masks O(C·D), not C×C×D, at {c} × {d}",
@@ -129,13 +119,17 @@ def run(args: argparse.Namespace) -> Section:
     per_step = res["mos-steps"]["seconds"] / res["mos-steps"]["steps_run"]
     notes = [f"**Calibration.** The LINe closed form took {fmt_time(closed['seconds'])} against "
              f"{fmt_time(loop['seconds'])} for the per-image loop ({speedup:.0f}×); the full LINe fit took "
-             f"{fmt_time(res['line-fit']['seconds'])} ({100 * closed['seconds'] / res['line-fit']['seconds']:.0f} % "
-             "of it the statistics, the rest the per-class percentiles and weight cuts). MOS at ImageNet shape: "
+             f"{fmt_time(fit['seconds'])} ({100 * closed['seconds'] / fit['seconds']:.0f} % of it the statistics, "
+             "the rest the per-class percentiles and weight cuts). MOS at ImageNet shape: "
              f"{fmt_time(per_step)} per SGD step, so its 2 000-step default recipe would be ≈ "
              f"{fmt_time(2000 * per_step)} (a projection from {res['mos-steps']['steps_run']} timed steps)."]
     body = f"""
-{n:,} synthetic feature vectors (|N(0,1)| + class offset; labels = predictions), {args.threads} thread(s), one
-process per row; peak memory = peak resident set above the loaded features.
+{n:,} synthetic feature vectors at ImageNet-ResNet-50 shape (|N(0,1)| + class offset; labels = predictions;
+`bench/heads.py`), {args.threads} thread(s), one fresh process per row that loads the features first; peak memory =
+peak resident set above the loaded features. LINe's Shapley statistics are computed two ways: oodgate's closed form
+S_c = W_c ⊙ μ_c (for a linear head dz_c/dh = W_c), and the official code's approach (a baseline written here: per
+image a backward of the ground-truth logit to the pooled feature, h ⊙ grad accumulated per class; from precomputed
+features, so a lower bound of its cost); the bench asserts that both give the same S and the same neuron masks.
 
 {md_table(["fit", "C×D", "time", "peak MiB"], rows)}
 

@@ -1,5 +1,5 @@
-"""What the speed benchmarks share: threads, the machine, interleaved timing and its statistics, the three models,
-their cached calibrations and graphs, and the small run/report plumbing of one question.
+"""What the speed benchmarks share: the machine, interleaved timing and its statistics, the three models with their
+cached calibrations and graphs, and the run/report plumbing of one question.
 
 Every figure is a ratio of times measured in one run: the compared variants are called in turn (rotating order)
 within each repetition and a ratio is taken per repetition, so load from other processes on a shared machine hits
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,46 +36,33 @@ for _p in (ROOT, BENCH):
 
 #: bump when the set-up below (data, parameters, model weights) changes, to invalidate cached calibrations
 SETUP_VERSION = 2
-#: sources whose edits can change any calibration / any graph (hashed into cache keys with the method's own file)
+#: sources whose edits can change any calibration / any graph (hashed into cache keys with the method's own files)
 LIBRARY_SOURCES = ("oodgate/detectors/base.py", "oodgate/detectors/ops.py", "oodgate/calibration", "oodgate/exporter",
                    "oodgate/models", "oodgate/data/preprocess.py", "bench/resnet.py")
 METHOD_FILES = {"ash_p": "ash", "ash_s": "ash", "ash_b": "ash", "adascale_a": "adascale", "adascale_l": "adascale"}
+EXTRA_FILES = {"dice": ("clip",), "line": ("clip",), "react": ("clip",), "adascale": ("gradient",),
+               "mos": ("mos_groups", "mos_train")}
 SINGLE_PASS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line", "mos")
-TWO_PASS = ("adascale_a", "adascale_l")
-METHODS = SINGLE_PASS + TWO_PASS
+METHODS = SINGLE_PASS + ("adascale_a", "adascale_l")
 MODELS = ("digits-cnn", "efficientnet-lite0", "resnet50-sized")
 #: whole graphs exported per model. A 224x224 graph takes a minute or more to export on a loaded 2-core CPU, so
 #: there the cheapest head (Energy), the costliest (LINe) and AdaSCALE-A stand for the rest; every single-pass head
 #: is still timed alone at the model's shape (question 1's head-only estimates)
-GRAPHS = {"digits-cnn": METHODS,
-          "efficientnet-lite0": ("energy", "line", "adascale_a"),
+GRAPHS = {"digits-cnn": METHODS, "efficientnet-lite0": ("energy", "line", "adascale_a"),
           "resnet50-sized": ("energy", "line", "adascale_a")}
 
 
 def method_sources(method: str) -> list[str]:
     """The repository paths of a method's own source files (AdaSCALE's include its gradient tracer)."""
     base = METHOD_FILES.get(method, method)
-    extra = ["oodgate/detectors/clip.py"] if method in ("dice", "line", "react") else []
-    if base == "adascale":
-        extra.append("oodgate/detectors/gradient.py")
-    if base == "mos":
-        extra += ["oodgate/detectors/mos_groups.py", "oodgate/detectors/mos_train.py"]
-    return [p for p in [f"oodgate/detectors/{base}.py", *extra] if (ROOT / p).exists()]
+    paths = [f"oodgate/detectors/{name}.py" for name in (base, *EXTRA_FILES.get(base, ()))]
+    return [p for p in paths if (ROOT / p).exists()]
 
 
-# -- threads and the machine -------------------------------------------------------------------------------------
+# -- the machine ----------------------------------------------------------------------------------------------------
 
-def set_threads(n: int) -> None:
-    """Use ``n`` intra-op threads in PyTorch (ONNX Runtime sessions get the same number from ``ort_cpu``)."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    import torch
-
-    torch.set_num_threads(n)
-    with contextlib.suppress(RuntimeError):  # only settable before the first inter-op parallel work
-        torch.set_num_interop_threads(1)
-
-
-def _first_line(path: str, prefix: str) -> str | None:
+def _field(path: str, prefix: str) -> str | None:
+    """The value of the first line of ``path`` that starts with ``prefix`` (/proc, /etc files)."""
     with contextlib.suppress(OSError):
         for line in Path(path).read_text().splitlines():
             if line.startswith(prefix):
@@ -84,25 +71,18 @@ def _first_line(path: str, prefix: str) -> str | None:
 
 
 def cpu_name() -> str:
-    return _first_line("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
+    return _field("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
 
 
-def _run(cmd: Sequence[str]) -> str | None:
-    try:
-        out = subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def gpu_present() -> str | None:
-    """The NVIDIA GPU's name when one is visible (nvidia-smi), else None."""
-    out = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-    return out.splitlines()[0] if out else None
+def _output(*cmd: str) -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    return None
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, RAM, OS, versions, date, commit and load: the facts every results table is stated with."""
+    """The facts every results table is stated with (label: value): CPU, RAM, OS, versions, commit, date, GPU, load."""
     import onnx
     import onnxruntime
     import torch
@@ -114,31 +94,34 @@ def machine_info() -> dict[str, Any]:
         osv = onnxscript.__version__
     except ImportError:
         osv = "not installed"
-    mem = _first_line("/proc/meminfo", "MemTotal")
-    commit = _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
-    if _run(["git", "status", "--porcelain", "--untracked-files=no"]):
+    mem = _field("/proc/meminfo", "MemTotal")
+    commit = _output("git", "rev-parse", "--short", "HEAD") or "unknown"
+    if _output("git", "status", "--porcelain", "--untracked-files=no"):
         commit += " + uncommitted changes"
-    return {
-        "cpu": cpu_name(), "logical_cores": os.cpu_count(),
-        "ram_gib": round(int(mem.split()[0]) / 2**20, 1) if mem else None,
-        "os": f"{_first_line('/etc/os-release', 'PRETTY_NAME=') or platform.platform()} (kernel {platform.release()})",
-        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__, "onnxscript": osv, "numpy": np.__version__, "oodgate": oodgate.__version__,
-        "commit": commit, "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load_average": [round(v, 2) for v in os.getloadavg()], "gpu": gpu_present(),
-    }
+    gpu = _output("nvidia-smi", "--query-gpu=name", "--format=csv,noheader")
+    return {"CPU": f"{cpu_name()}, {os.cpu_count()} logical cores",
+            "RAM": f"{round(int(mem.split()[0]) / 2**20, 1) if mem else '?'} GiB",
+            "OS": f"{_field('/etc/os-release', 'PRETTY_NAME=') or platform.platform()} (kernel {platform.release()})",
+            "Python / PyTorch / ONNX Runtime": f"{platform.python_version()} / {torch.__version__} / "
+                                               f"{onnxruntime.__version__}",
+            "onnx / onnxscript / NumPy": f"{onnx.__version__} / {osv} / {np.__version__}",
+            "oodgate": f"{oodgate.__version__} (commit {commit})",
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "GPU": gpu.splitlines()[0] if gpu else "none", "load": " / ".join(f"{v:.2f}" for v in os.getloadavg())}
 
 
-# -- timing and statistics ---------------------------------------------------------------------------------------
+# -- timing and statistics -------------------------------------------------------------------------------------------
 
-def time_interleaved(variants: dict[str, Callable[[], Any]], *, reps: int, block_s: float = 0.05,
-                     warmup: int = 2) -> dict[str, np.ndarray]:
+def time_interleaved(variants: dict[str, Callable[[], Any]], *, reps: int, block_s: float = 0.05, warmup: int = 2,
+                     what: str | None = None) -> dict[str, np.ndarray]:
     """Seconds per call of each variant in each of ``reps`` repetitions, the variants called in turn.
 
     Each variant is warmed up (one call when a call takes longer than ``block_s``, else ``warmup`` calls), then
     timed in blocks of ``number`` calls (chosen so that a block takes about ``block_s``; 1 for slow calls). Within a
     repetition every variant runs one block; the starting variant rotates from one repetition to the next.
     """
+    if what:
+        log(f"{what}, {len(variants)} variants x {reps} reps")
     names = list(variants)
     number = {}
     for name in names:
@@ -180,7 +163,7 @@ class Stat:
         return cls(float(np.median(v)), float(np.percentile(v, 25)), float(np.percentile(v, 75)), int(v.size))
 
     def as_dict(self) -> dict[str, float]:
-        return {"median": self.median, "q1": self.q1, "q3": self.q3, "n": self.n}
+        return asdict(self)
 
 
 def ratio(num: np.ndarray, den: np.ndarray) -> Stat:
@@ -197,9 +180,7 @@ def fmt_time(seconds: float) -> str:
     """A time in the unit that keeps 3 significant digits readable."""
     if seconds >= 1:
         return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds * 1e6:.3g} µs"
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
 def fmt_stat_time(s: Stat) -> str:
@@ -215,7 +196,7 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-# -- one question's results --------------------------------------------------------------------------------------
+# -- one question's results, its script, its logging ----------------------------------------------------------------
 
 @dataclass
 class Section:
@@ -230,27 +211,26 @@ class Section:
     #: sentences computed from this run's numbers (what the numbers say, what was missed and by how much)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    peak_gib: float = float("nan")  # peak resident memory of the question's process (or of one of its children)
 
     def markdown(self) -> str:
         notes = "\n\n".join(self.notes)
         return f"## {self.title}\n\n{self.body.strip()}\n" + (f"\n{notes}\n" if notes else "")
 
+    def save(self) -> None:
+        """bench/.cache/results/<key>.json: run_all.py assembles docs/BENCHMARKS.md from these (not committed)."""
+        write_text(results_path(self.key), json.dumps({**asdict(self), "built": BUILT}, indent=1, default=str))
+
+    @classmethod
+    def load(cls, key: str) -> tuple["Section", dict[str, Any]]:
+        """The saved section and what its process built."""
+        raw = json.loads(results_path(key).read_text())
+        built = raw.pop("built", {})
+        return cls(**raw), built
+
 
 def results_path(key: str) -> Path:
     return CACHE / "results" / f"{key}.json"
-
-
-def save_results(section: Section) -> Path:
-    """bench/.cache/results/<key>.json: run_all.py assembles docs/BENCHMARKS.md from these (not committed)."""
-    path = results_path(section.key)
-    write_text(path, json.dumps({**section.__dict__, "built": BUILT}, indent=1, default=str))
-    return path
-
-
-def load_results(key: str) -> tuple[Section, dict[str, Any]]:
-    raw = json.loads(results_path(key).read_text())
-    built = raw.pop("built", {})
-    return Section(**raw), built
 
 
 def write_text(path: Path, text: str) -> None:
@@ -259,17 +239,6 @@ def write_text(path: Path, text: str) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text.encode(), overwrite=True)
-
-
-def write_marked_block(path: Path, begin: str, end: str, text: str) -> None:
-    """Replace the text between the markers ``begin``/``end`` in ``path`` (appended when absent), atomically."""
-    doc = path.read_text() if path.is_file() else ""
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc and end in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip("\n") + ("\n\n" if doc else "") + block + "\n"
-    write_text(path, doc)
 
 
 #: what this process had to build (a cold cache costs exports; run_all reports it)
@@ -293,7 +262,7 @@ def stopwatch(what: str, kind: str | None = None) -> Iterator[None]:
 
 
 def script_main(run: Callable[[argparse.Namespace], Section], doc: str | None,
-                extra: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+                extra: Callable[[argparse.ArgumentParser], Any] | None = None) -> None:
     """A question's script run alone: parse the common arguments, run, save the results, print the section."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer models, batches and repetitions (a smoke run)")
@@ -302,56 +271,61 @@ def script_main(run: Callable[[argparse.Namespace], Section], doc: str | None,
     if extra:
         extra(parser)
     args = parser.parse_args()
-    set_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first inter-op parallel work
+        torch.set_num_interop_threads(1)
     t0 = time.perf_counter()
     sec = run(args)
-    sec.seconds = time.perf_counter() - t0
-    save_results(sec)
+    import resource  # the largest of this process and its children (export, memory and fit children)
+
+    peak_kib = max(rss_kib()[1], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    sec.seconds, sec.peak_gib = time.perf_counter() - t0, peak_kib / 2**20
+    sec.save()
     print(sec.markdown())
 
 
-def chosen_models(args: argparse.Namespace, quick: Sequence[str] = ("digits-cnn", "efficientnet-lite0")) -> list[str]:
-    if getattr(args, "models", None):
-        names = [m.strip() for m in args.models.split(",") if m.strip()]
-        bad = [m for m in names if m not in MODELS]
-        if bad:
-            raise SystemExit(f"unknown model(s) {bad}: use {', '.join(MODELS)}")
-        return names
-    return list(quick) if args.quick else list(MODELS)
+def chosen_models(args: argparse.Namespace, quick: Sequence[str] = MODELS[:2]) -> list[str]:
+    if not getattr(args, "models", None):
+        return list(quick) if args.quick else list(MODELS)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if bad := [m for m in names if m not in MODELS]:
+        raise SystemExit(f"unknown model(s) {bad}: use {', '.join(MODELS)}")
+    return names
 
 
-# -- memory of one call in a fresh process -------------------------------------------------------------------------
+# -- memory of one call in a fresh process ---------------------------------------------------------------------------
 
 def rss_kib() -> tuple[int, int]:
     """(current RSS, peak RSS) of this process in KiB, from /proc/self/status."""
-    return (int((_first_line("/proc/self/status", "VmRSS") or "0 kB").split()[0]),
-            int((_first_line("/proc/self/status", "VmHWM") or "0 kB").split()[0]))
+    return tuple(int((_field("/proc/self/status", k) or "0 kB").split()[0]) for k in ("VmRSS", "VmHWM"))  # type: ignore
 
 
 @contextlib.contextmanager
 def peak_memory() -> Iterator[dict[str, float]]:
     """Peak resident memory (MiB) that the block adds above what was resident before it (Linux: VmHWM reset)."""
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"reset": 1.0}
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        out["reset"] = 1.0
     except OSError:
         out["reset"] = 0.0
-    before, _ = rss_kib()
+    before = rss_kib()[0]
     yield out
     out["peak_mib"] = max(0, rss_kib()[1] - before) / 1024
 
 
-def run_json_child(code: str, what: str) -> dict:
-    """Run Python ``code`` in a fresh process (bench/ on its path); its last output line is JSON, returned."""
-    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(BENCH)!r}); {code}"],
-                          capture_output=True, text=True)
+def run_json_child(module: str, call: str, what: str) -> Any:
+    """``module.call`` evaluated in a fresh process (bench/ on its path); its JSON result, printed last, returned."""
+    code = f"import sys, json; sys.path.insert(0, {str(BENCH)!r}); import {module}; print(json.dumps({module}.{call}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# -- cache --------------------------------------------------------------------------------------------------------
+# -- cache ----------------------------------------------------------------------------------------------------------
 
 def source_hash(paths: Sequence[str]) -> str:
     """sha256 over the .py files under ``paths`` (relative to the repository root), in sorted order."""
@@ -371,29 +345,30 @@ def key_of(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([parts, versions], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[None]:
+    """Hold the build lock of ``path`` (fcntl): two benchmark processes that need the same file build it once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def cached_file(path: Path, what: str, write: Callable[[Path], Any], kind: str | None = "export") -> Path:
-    """``path`` when cached; else ``write(tmp)`` under a stopwatch (counted as ``kind``) and published atomically by
-    oodgate's writer: two benchmark processes building the same file never see half of it."""
+    """``path`` when cached; else ``write(tmp)`` under a stopwatch (counted as ``kind``), published atomically by
+    oodgate's writer, under the path's build lock."""
     from oodgate.files import atomic_output
 
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with stopwatch(what, kind), atomic_output(path, overwrite=True) as tmp:
-        write(Path(tmp))
+    with building(path):
+        if not path.is_file():
+            with stopwatch(what, kind), atomic_output(path, overwrite=True) as tmp:
+                write(Path(tmp))
     return path
 
 
-def export_graph(module: Any, example: tuple, path: Path, *, input_names: Sequence[str],
-                 output_names: Sequence[str], optimize: bool = True) -> None:
-    """Export ``module`` with oodgate's own ONNX export helper (the one export() uses) and save it."""
-    from oodgate.exporter.onnx_export import export_onnx
-
-    export_onnx(module, example, input_names=input_names, output_names=output_names,
-                optimize=optimize).save(str(path))
-
-
-# -- the models ---------------------------------------------------------------------------------------------------
+# -- the models -----------------------------------------------------------------------------------------------------
 
 @dataclass
 class BenchModel:
@@ -410,16 +385,8 @@ class BenchModel:
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.timing_images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.split.num_classes)
-
-    @property
-    def num_features(self) -> int:
-        return int(self.split.num_features)
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.timing_images.shape[1:])
 
     def inputs(self, batch: int) -> np.ndarray:
         """A contiguous float32 batch of real preprocessed images (repeated when the batch is larger)."""
@@ -437,8 +404,7 @@ def _photo_model(name: str, label: str, model: Any, pre: Any, n_fit: int) -> Ben
     """A 224x224 model with scikit-image photo crops as ID data, labelled with the model's own predictions."""
     import torch
 
-    from oodgate.data import ood_set
-    from oodgate.data.sets import ImageSet
+    from oodgate.data import ImageSet, ood_set
     from oodgate.models import split_classifier
 
     split = split_classifier(model)
@@ -455,7 +421,7 @@ def load_bench_model(name: str, *, n_fit: int = 40) -> BenchModel:
     """One of MODELS, with its calibration data and timing inputs."""
     import torch
 
-    from oodgate.data import Preprocess, digits
+    from oodgate.data import Preprocess, digits, ood_set
     from oodgate.models import load_model, split_classifier
 
     if name == "digits-cnn":
@@ -467,24 +433,21 @@ def load_bench_model(name: str, *, n_fit: int = 40) -> BenchModel:
         bundle = load_model("efficientnet-lite0")
         return _photo_model(name, "EfficientNet-Lite0 (3×224×224, D=1280, C=1000)", bundle.model, bundle.preprocess,
                             n_fit)
-    if name == "resnet50-sized":
-        from oodgate.data import ood_set
-        from resnet import calibrate_batch_norm, resnet50_sized
+    if name != "resnet50-sized":
+        raise ValueError(f"unknown benchmark model {name!r}: use one of {MODELS}")
+    from resnet import calibrate_batch_norm, resnet50_sized
 
-        pre = Preprocess(channels="RGB", resize=256, crop=(224, 224), mean=(0.485, 0.456, 0.406),
-                         std=(0.229, 0.224, 0.225))
-        weights = CACHE / "models" / f"resnet50-sized-{key_of(SETUP_VERSION, source_hash(['bench/resnet.py']))}.pt"
-        model = resnet50_sized(seed=0)
-        if weights.is_file():
-            model.load_state_dict(torch.load(weights, weights_only=True))
-        else:
-            bn_images = ood_set("photos", 16, size=(224, 224), channels="RGB", seed=2)
-            calibrate_batch_norm(model, torch.from_numpy(next(bn_images.batches(pre, 16))[0]))
-            weights.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), weights)
-        return _photo_model(name, "ResNet-50-sized CNN, random weights (3×224×224, D=2048, C=1000)", model.eval(),
-                            pre, n_fit)
-    raise ValueError(f"unknown benchmark model {name!r}: use one of {MODELS}")
+    pre = Preprocess(channels="RGB", resize=256, crop=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    weights = CACHE / "models" / f"resnet50-sized-{key_of(SETUP_VERSION, source_hash(['bench/resnet.py']))}.pt"
+    model = resnet50_sized(seed=0)
+    if weights.is_file():
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    else:
+        bn_images = ood_set("photos", 16, size=(224, 224), channels="RGB", seed=2)
+        calibrate_batch_norm(model, torch.from_numpy(next(bn_images.batches(pre, 16))[0]))
+        cached_file(weights, "resnet50-sized weights", lambda tmp: torch.save(model.state_dict(), tmp), None)
+    return _photo_model(name, "ResNet-50-sized CNN, random weights (3×224×224, D=2048, C=1000)", model.eval(), pre,
+                        n_fit)
 
 
 _MODELS: dict[str, BenchModel] = {}
@@ -498,7 +461,7 @@ def bench_model(name: str) -> BenchModel:
     return _MODELS[name]
 
 
-# -- calibrations, graphs and runners (cached) ---------------------------------------------------------------------
+# -- calibrations, graphs and runners (cached) -----------------------------------------------------------------------
 
 def calibration(bm: BenchModel, method: str) -> Any:
     """The method calibrated on the model's ID set (threshold at TPR 95 % on a 25 % hold-out), cached on disk."""
@@ -508,14 +471,14 @@ def calibration(bm: BenchModel, method: str) -> Any:
     key = key_of(SETUP_VERSION, bm.name, method, params, bm.data_spec,
                  source_hash([*LIBRARY_SOURCES, *method_sources(method)]))
     path = CACHE / "calibrations" / bm.name / f"{method}-{key}.oodcal"
-    if path.is_file():
-        with contextlib.suppress(OodgateError):  # e.g. a newer file format: calibrate again
-            return load_calibration(path)
-    with stopwatch(f"calibrate {bm.name} {method}", "calibration"):
-        cal = calibrate(bm.model, bm.id_set, method=method, holdout=0.25, preprocess=bm.preprocess, batch_size=16,
-                        progress=False, **params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cal.save(path, overwrite=True)
+    with building(path):
+        if path.is_file():
+            with contextlib.suppress(OodgateError):  # e.g. a newer file format: calibrate again
+                return load_calibration(path)
+        with stopwatch(f"calibrate {bm.name} {method}", "calibration"):
+            cal = calibrate(bm.model, bm.id_set, method=method, holdout=0.25, preprocess=bm.preprocess,
+                            batch_size=16, progress=False, **params)
+        cal.save(path, overwrite=True)
     return cal
 
 
@@ -529,15 +492,21 @@ def graph_path(bm: BenchModel, method: str) -> Path:
                        lambda tmp: export(cal, tmp, model=bm.model, overwrite=True))
 
 
-def bare_graph_path(bm: BenchModel) -> Path:
-    """The bare classifier (backbone + its Linear, logits only) exported with oodgate's export helper."""
+def example_input(bm: BenchModel, seed: int = 1234) -> Any:
+    """A seeded random batch of 2 at the model's input shape: what the bench's own exports trace with."""
     import torch
 
+    return torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(seed))
+
+
+def bare_graph_path(bm: BenchModel) -> Path:
+    """The bare classifier (backbone + its Linear, logits only) exported with oodgate's export call."""
+    from oodgate.exporter import export_onnx
+
     key = key_of(bm.digest(), bm.input_shape, source_hash(["oodgate/exporter"]))
-    example = torch.randn((2, *bm.input_shape), generator=torch.Generator().manual_seed(1234))
     return cached_file(CACHE / "graphs" / bm.name / f"bare-{key}.onnx", f"export {bm.name} bare classifier",
-                       lambda tmp: export_graph(bm.split.eval(), (example,), tmp, input_names=["input"],
-                                                output_names=["logits"]))
+                       lambda tmp: export_onnx(bm.split.eval(), example_input(bm), input_names=["input"],
+                                               output_names=["logits"]).save(str(tmp)))
 
 
 def ort_cpu(path: Path | str, threads: int) -> Any:
@@ -559,32 +528,10 @@ def eager_runner(bm: BenchModel, cal: Any, x: np.ndarray) -> Callable[[], Any]:
     no_grad for the single-pass detectors, the autograd reference for AdaSCALE (what a PyTorch user runs)."""
     import torch
 
-    from oodgate.exporter.graph import build_graph_module
+    from oodgate.exporter import build_graph_module
 
     xt = torch.from_numpy(x)
     if cal.method.startswith("adascale"):
         return lambda: cal.detector.reference(bm.split, xt)
     module = build_graph_module(cal, bm.split).eval()
-
-    def run() -> Any:
-        with torch.no_grad():
-            return module(xt)
-
-    return run
-
-
-def eager_floor_runner(bm: BenchModel, x: np.ndarray, eps: float = 0.5) -> Callable[[], Any]:
-    """AdaSCALE's floor in PyTorch eager: forward, backward of the predicted-class logit to the input, and a
-    second forward of the perturbed input (no selection, no head)."""
-    import torch
-
-    split, xt = bm.split, torch.from_numpy(x)
-
-    def run() -> Any:
-        xg = xt.detach().requires_grad_(True)
-        z = split.head(split.backbone(xg))
-        (g,) = torch.autograd.grad(z.gather(1, z.detach().argmax(dim=1, keepdim=True)).sum(), xg)
-        with torch.no_grad():
-            return split.backbone(xt + eps * torch.sign(g))
-
-    return run
+    return torch.no_grad()(lambda: module(xt))

@@ -101,8 +101,7 @@ def compare_on_device(cal: Any, path: Path, x: np.ndarray, device: str, runtimes
     ``device``, on the preprocessed inputs x. A step that raises is recorded as a failed comparison with its error."""
     import torch
 
-    from oodgate.exporter.graph import build_graph_module
-    from oodgate.exporter.reference import reference_outputs
+    from oodgate.exporter import build_graph_module, reference_outputs
     from oodgate.models import split_classifier
     from oodgate.runtime.session import Session
 
@@ -183,7 +182,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from oodgate.exporter.reference import default_reference_device
+    from oodgate.exporter import default_reference_device
 
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from common import CACHE, LIBRARY_SOURCES, SETUP_VERSION, cached_file, export_graph, key_of, method_sources, source_hash
+from common import CACHE, LIBRARY_SOURCES, SETUP_VERSION, cached_file, key_of, method_sources, source_hash
 
 N_FIT = 2000
 
@@ -97,8 +97,10 @@ def head_inputs(method: str, c: int, d: int, batch: int) -> dict[str, np.ndarray
 
 
 def head_graph_path(method: str, c: int, d: int) -> Path:
-    """The head of ``method`` at C classes x D features, exported with oodgate's export helper, cached."""
+    """The head of ``method`` at C classes x D features, exported with oodgate's export call, cached."""
     import torch
+
+    from oodgate.exporter import export_onnx
 
     base = "line" if method == "line_previous" else method
     key = key_of(SETUP_VERSION, method, c, d, N_FIT, source_hash([*LIBRARY_SOURCES, *method_sources(base),
@@ -107,9 +109,9 @@ def head_graph_path(method: str, c: int, d: int) -> Path:
 
     def write(tmp: Path) -> None:
         example = torch.rand((2, d), generator=torch.Generator().manual_seed(0))
-        export_graph(fitted_head(method, c, d), (example, example * 1.01) if two else (example,), tmp,
-                     input_names=["h", "h2"] if two else ["h"],
-                     output_names=["logits"] if method == "linear" else ["logits", "score", "label"])
+        export_onnx(fitted_head(method, c, d), (example, example * 1.01) if two else example,
+                    input_names=["h", "h2"] if two else ["h"],
+                    output_names=["logits"] if method == "linear" else ["logits", "score", "label"]).save(str(tmp))
 
     return cached_file(CACHE / "heads" / f"{method}-c{c}-d{d}-{key}.onnx", f"fit + export head {method} C={c} D={d}",
                        write)

@@ -1,11 +1,6 @@
 """Question 2: the oodgate graph under ONNX Runtime vs the PyTorch-eager reference of the same detector.
 
     python bench/ort_vs_eager.py [--quick] [--threads 1] [--models ...]
-
-The eager reference is what OpenOOD / pytorch-ood users run: the same backbone and detector head as torch modules
-under ``torch.no_grad()`` (for the single-pass detectors the very module oodgate exports). Latency = batch 1,
-throughput = batch 32, same intra-op threads on both sides. Target: ONNX Runtime >= 1.3x faster on CPU. AdaSCALE
-(autograd reference vs traced graph) is in ``adascale_floor.py``.
 """
 
 from __future__ import annotations
@@ -13,9 +8,8 @@ from __future__ import annotations
 import argparse
 
 from common import (GRAPHS, SINGLE_PASS, Section, Stat, bench_model, calibration, chosen_models, eager_runner,
-                    fmt_ratio,
-                    fmt_time, graph_path, log, md_table, ort_cpu, ort_runner, ratio, script_main, time_interleaved,
-                    verdict)
+                    fmt_ratio, fmt_time, graph_path, md_table, ort_cpu, ort_runner, ratio, script_main,
+                    time_interleaved, verdict)
 
 TARGET = 1.3
 #: eager calls of the 224x224 models at batch 32 take seconds, and the single-pass heads are a small share of them
@@ -34,14 +28,13 @@ def run(args: argparse.Namespace) -> Section:
         bm = bench_model(name)
         for batch in batches:
             methods = [m for m in METHODS_BY.get((name, batch), SINGLE_PASS) if m in GRAPHS[name]]
-            reps = 3 if args.quick else REPS.get((name, batch), 5)
             x = bm.inputs(batch)
             variants = {}
             for m in methods:
                 variants[f"ort:{m}"] = ort_runner(ort_cpu(graph_path(bm, m), args.threads), x)
                 variants[f"eager:{m}"] = eager_runner(bm, calibration(bm, m), x)
-            log(f"ort_vs_eager: {name} batch {batch}, {len(variants)} variants x {reps} reps")
-            t = time_interleaved(variants, reps=reps)
+            t = time_interleaved(variants, reps=3 if args.quick else REPS.get((name, batch), 5),
+                                 what=f"ort_vs_eager: {name} batch {batch}")
             speedups = []
             for i, m in enumerate(methods):
                 sp, o, e = ratio(t[f"eager:{m}"], t[f"ort:{m}"]), Stat.of(t[f"ort:{m}"]), Stat.of(t[f"eager:{m}"])
@@ -55,10 +48,12 @@ def run(args: argparse.Namespace) -> Section:
             targets.append([f"2. ORT ≥ {TARGET}× PyTorch eager — {name}, batch {batch}",
                             f"{min(speedups):.2f}×–{max(speedups):.2f}×", min(speedups) >= TARGET])
     body = f"""
-ONNX Runtime CPU (oodgate graph) vs PyTorch eager (same backbone and head, `torch.no_grad()`), {args.threads}
-intra-op thread(s) each, interleaved. Batch 1: latency per call (median); batch {batches[1]}: throughput (images/s
-from the median time). Speed-up = eager time / ONNX Runtime time per repetition, median [q1–q3]. Where eager calls
-take seconds, or whole graphs are not exported for every detector (`bench/common.py` GRAPHS), a few stand for all.
+ONNX Runtime CPU (oodgate graph) vs PyTorch eager — what OpenOOD / pytorch-ood users run: the same backbone and head
+as torch modules under `torch.no_grad()` (for the single-pass detectors the very module oodgate exports),
+{args.threads} intra-op thread(s) each, interleaved. Batch 1: latency per call (median); batch {batches[1]}:
+throughput (images/s from the median time). Speed-up = eager time / ONNX Runtime time per repetition, median
+[q1–q3]. Where eager calls take seconds, or whole graphs are not exported for every detector (`bench/common.py`
+GRAPHS), a few stand for all. AdaSCALE (autograd reference vs traced graph) is in question 3.
 
 {md_table(["model", "batch", "method", "ONNX Runtime", "PyTorch eager", "speed-up (eager / ORT)",
            f"target ≥ {TARGET}×"], rows)}

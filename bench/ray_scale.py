@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from common import cpu_name, write_marked_block  # noqa: E402
-from serve import DOC, prepare_graph  # noqa: E402
+from common import cpu_name  # noqa: E402
+from serve import DOC, prepare_graph, write_marked_block  # noqa: E402
 
 BEGIN, END = "<!-- bench/ray_scale.py: begin -->", "<!-- bench/ray_scale.py: end -->"
 

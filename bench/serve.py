@@ -34,7 +34,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import cpu_name, write_marked_block  # noqa: E402
+from common import cpu_name, write_text  # noqa: E402
+
+
+def write_marked_block(path: Path, begin: str, end: str, text: str) -> None:
+    """Replace the text between the markers ``begin``/``end`` in ``path`` (appended when absent), atomically."""
+    doc = path.read_text() if path.is_file() else ""
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + ("\n\n" if doc else "") + block + "\n"
+    write_text(path, doc)
 
 
 def prepare_graph() -> Path:

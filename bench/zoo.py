@@ -18,10 +18,8 @@ docs/ZOO.md lists exactly the cells that were run, with the machine.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,7 +30,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "zoo"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine_info, source_hash, write_text  # noqa: E402
 
 METHODS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line", "mos", "adascale_a",
            "adascale_l")
@@ -42,28 +42,13 @@ DOC = ROOT / "docs" / "ZOO.md"
 
 def source_key() -> str:
     """Hash of oodgate's sources and of this bench's files: a cache entry is valid for one version."""
-    digest = hashlib.sha256()
-    files = sorted((ROOT / "oodgate").rglob("*.py")) + [Path(__file__), ROOT / "tests" / "zoo" / "zoo_models.py"]
-    for f in files:
-        digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
+    return source_hash(["oodgate", "bench/zoo.py", "tests/zoo/zoo_models.py"])[:16]
 
 
 def machine() -> str:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} when written), Python "
-            f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    m = machine_info()
+    return (f"{m['CPU']} (load average {m['load']} when written), Python / PyTorch / ONNX Runtime "
+            f"{m['Python / PyTorch / ONNX Runtime']}")
 
 
 def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path) -> dict:
@@ -196,7 +181,7 @@ def write_doc(rows: list[dict], key: str, args: argparse.Namespace) -> None:
     for f in zoo.FAMILIES.values():
         lines.append(f"| {f.name} ({f.source}) | {f.features} | {'yes' if f.nonnegative else 'no'} |")
     lines += ["", SIGNED_FEATURES]
-    DOC.write_text("\n".join(lines) + "\n")
+    write_text(DOC, "\n".join(lines) + "\n")
     print(f"wrote {DOC}")
 
 
@@ -250,8 +235,7 @@ def main() -> None:
                            "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
                     traceback.print_exc()
                 row["cell_s"] = time.perf_counter() - t0
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                cached.write_text(json.dumps({"key": key, "row": row}, default=float))
+                write_text(cached, json.dumps({"key": key, "row": row}, default=float))
                 rows.append({**row, "key": key})
                 print(f"{name:<22} {method:<11} {row['status']:<5} {row['cell_s']:.0f}s "
                       f"{row.get('error', '')}", flush=True)

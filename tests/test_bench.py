@@ -1,6 +1,6 @@
 """The benchmark helpers that docs/BENCHMARKS.md rests on: paired ratios, summaries, interleaving, the previous LINe
-head the benchmark compares against (same scores as oodgate's), the export stage timer, and the GPU check's
-comparison and CPU-runnable path (device=cpu)."""
+head the benchmark compares against (same scores as oodgate's), the export stage timer, the cache's build lock, and
+the GPU check's comparison and CPU-runnable path (device=cpu)."""
 
 from __future__ import annotations
 
@@ -83,3 +83,34 @@ def test_gpu_check_runs_on_the_cpu_and_the_graph_matches_the_reference(digits_ca
     text = gpu_check.markdown({"machine": gpu_check.machine("cpu"), "rows": [row], "skipped": ["x y"],
                                "seconds": 1.0, "date": "today"})
     assert "digits-cnn | energy | onnx_cpu_vs_reference: ok" in text and "Skipped (budget): x y" in text
+
+
+def test_export_stage_timer_subtracts_nested_stages():
+    export_time = pytest.importorskip("export_time")
+    import time
+
+    exclusive, wrap = export_time.stage_timer()
+    inner = wrap("inner", lambda: time.sleep(0.05))
+    outer = wrap("outer", lambda: (time.sleep(0.03), inner(), inner()))
+    outer()
+    assert 0.1 <= exclusive["inner"] < 0.13 and 0.03 <= exclusive["outer"] < 0.06  # not 0.13: inner's time is its own
+
+
+def test_cached_file_builds_once_when_two_builders_race(tmp_path):
+    import threading
+    import time
+
+    built = []
+
+    def write(tmp):
+        built.append(tmp)
+        time.sleep(0.2)
+        tmp.write_text("graph")
+
+    path = tmp_path / "g" / "x.onnx"
+    threads = [threading.Thread(target=common.cached_file, args=(path, "x", write, None)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and path.read_text() == "graph"

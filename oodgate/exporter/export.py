@@ -46,6 +46,8 @@ class ExportResult:
     external_data: Path | None = None
     #: how changed weights were re-checked on ID data (export(..., recheck_data=...)), else None
     recheck: dict[str, Any] | None = None
+    #: which torch.onnx exporter wrote the graph: "torchscript" (the fast route) or "dynamo" (oodgate.export_onnx)
+    engine: str = ""
 
 
 def graph_metadata(calibration: Calibration, input_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -171,8 +173,9 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
     external = n_bytes > EXTERNAL_DATA_BYTES
     if external and data_path.exists() and not overwrite:
         raise OodgateError(f"{data_path} exists: choose another path or overwrite it (--force / overwrite=True)")
-    stage("torch.onnx.export (capture, decompositions, translation, optimiser)")
+    stage("torch.onnx.export (TorchScript trace where exact, else dynamo: capture, decompositions, translation)")
     program = export_onnx(module, example, opset=opset, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES))
+    stage(f"exported by torch.onnx's {program.engine} exporter")
 
     with atomic_output(path, overwrite=overwrite, companions=[data_path] if external else []) as tmp:
         data_tmp = companion_temp(tmp, data_path)
@@ -210,7 +213,7 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
         for node in proto.graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
         result = ExportResult(path, calibration.method, calibration.threshold, input_shape, 0.0, ops=ops,
-                              external_data=data_path if tensors else None, recheck=recheck)
+                              external_data=data_path if tensors else None, recheck=recheck, engine=program.engine)
         if check:
             if check_inputs is None:
                 check_inputs = torch.randn((3, *input_shape), generator=gen).numpy()

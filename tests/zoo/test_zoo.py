@@ -36,6 +36,7 @@ from oodgate.detectors.gradient import export_gradient_onnx, trace_logits_and_in
 from oodgate.models import split_classifier  # noqa: E402
 from oodgate.models.split import nonnegative_share  # noqa: E402
 from oodgate.evaluation.parity import compare_to_floor  # noqa: E402
+from oodgate.exporter import export_onnx  # noqa: E402
 from oodgate.runtime.trt_audit import audit_graph, format_findings, has_errors  # noqa: E402
 
 #: families whose whole AdaSCALE computation runs in CI, one per kind of layer in the gradient branch: max-pool +
@@ -44,7 +45,8 @@ from oodgate.runtime.trt_audit import audit_graph, format_findings, has_errors  
 #: (ViT), shifted windows (Swin). OODGATE_ZOO=all runs it on every family.
 ADASCALE_CI = ("resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny", "vit_b_16", "swin_t")
 ADASCALE_FAMILIES = list(zoo.FAMILIES) if os.environ.get("OODGATE_ZOO") == "all" else list(ADASCALE_CI)
-FORWARD_FAMILIES = [name for name in zoo.FAMILIES if name not in ADASCALE_FAMILIES]
+#: every family's single-pass graph goes through the library's export route (TorchScript where exact, else dynamo)
+FORWARD_FAMILIES = list(zoo.FAMILIES)
 N_ID, N_OOD = 6, 6
 EXPECTED_HEADS = {
     "resnet18": "fc", "resnet50": "fc", "resnext50_32x4d": "fc", "wide_resnet50_2": "fc", "regnet_y_400mf": "fc",
@@ -175,7 +177,8 @@ def test_adascale_graph_matches_float64(name: str, family_graphs) -> None:
 
 @pytest.fixture(scope="module")
 def forward_graphs(tmp_path_factory):
-    """name -> (split as x -> (logits, h), graph path, real inputs (ID then OOD))."""
+    """name -> (split as x -> (logits, h), graph path, real inputs (ID then OOD), exporter used), exported by
+    oodgate.export_onnx as export() exports single-pass graphs."""
     cache: dict[str, tuple[nn.Module, Path, np.ndarray]] = {}
     folder = tmp_path_factory.mktemp("zoo_forward")
 
@@ -186,8 +189,9 @@ def forward_graphs(tmp_path_factory):
             ids, _ = zoo.id_images(N_ID, size, offset=1000)
             inputs = zoo.normalise(np.concatenate([ids, zoo.ood_images(N_OOD, size, seed=3)]))
             path = folder / f"{name}.onnx"
-            export_gradient_onnx(module, torch.from_numpy(inputs[:2]), path, output_names=("logits", "h"))
-            cache[name] = (module, path, inputs)
+            program = export_onnx(module, torch.from_numpy(inputs[:2]), input_names=["x"], output_names=["logits", "h"])
+            program.save(str(path))
+            cache[name] = (module, path, inputs, program.engine)
         return cache[name]
 
     return get
@@ -197,7 +201,8 @@ def forward_graphs(tmp_path_factory):
 def test_forward_graph_matches_float64(name: str, forward_graphs) -> None:
     """The single-pass graph (logits and h) of the other families within the noise floor; TRT audit passes."""
     _skip_missing(name)
-    module, path, inputs = forward_graphs(name)
+    module, path, inputs, engine = forward_graphs(name)
+    assert engine in ("torchscript", "dynamo")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = dict(zip(("logits", "h"), sess.run(None, {sess.get_inputs()[0].name: inputs})))
     with torch.no_grad():
