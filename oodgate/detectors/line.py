@@ -140,10 +140,24 @@ def line_weight_scales(weight: np.ndarray, contribution: np.ndarray, neuron_mask
     return scale, factor, alpha
 
 
+class _ThresholdedRelu(torch.autograd.Function):
+    """x where x > alpha, else 0, with its ONNX translation for the TorchScript exporter."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:  # noqa: ANN001
+        return torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype))
+
+    @staticmethod
+    def symbolic(g, x, alpha: float):  # noqa: ANN001, ANN205
+        return g.op("ThresholdedRelu", x, alpha_f=float(alpha))
+
+
 def thresholded_relu(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """x where x > alpha, else 0. Exported as ONNX ThresholdedRelu: one kernel, where torch.where would become
-    Greater + Where (ONNX Runtime's broadcasting Where is an order of magnitude slower than a Mul)."""
-    if torch.onnx.is_in_onnx_export():
+    """x where x > alpha, else 0. Exported as ONNX ThresholdedRelu (by either exporter): one kernel, where torch.where
+    would become Greater + Where (ONNX Runtime's broadcasting Where is an order of magnitude slower than a Mul)."""
+    if torch.jit.is_tracing():  # the TorchScript exporter
+        return _ThresholdedRelu.apply(x, alpha)
+    if torch.onnx.is_in_onnx_export():  # the dynamo exporter
         return torch.onnx.ops.symbolic("ThresholdedRelu", (x,), {"alpha": float(alpha)}, dtype=x.dtype,
                                        shape=x.shape)
     return torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype))
@@ -168,6 +182,7 @@ class LINeHead(DetectorHead):
     def __init__(self, weight: np.ndarray, bias: np.ndarray, clip: float, *,
                  scales: tuple[np.ndarray, np.ndarray, float] | None = None, cuts: np.ndarray | None = None) -> None:
         super().__init__(weight, bias)
+        self.shape = (int(weight.shape[0]), int(weight.shape[1]))  # Python ints: nothing for a tracer to record
         if (scales is None) == (cuts is None):
             raise ValueError("LINeHead needs either scales or cuts")
         self.alpha = None if scales is None else float(scales[2])
@@ -190,7 +205,7 @@ class LINeHead(DetectorHead):
 
     def masked_energy(self, hc: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """E((W * M(l)) (h' * m_l) + b) for clipped features h' and their classes l."""
-        c, d = self.weight.shape
+        c, d = self.shape
         rows = max(1, self.BLOCK // d)
         parts = []
         if self.alpha is not None:

@@ -165,11 +165,11 @@ def test_line_falls_back_to_cuts_with_the_same_scores(small, monkeypatch):
     np.testing.assert_allclose(scaled, want, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("form", ["scales", "cuts"])
-def test_line_graph_in_blocks_matches_numpy_on_a_batch_of_distinct_classes(form, monkeypatch, tmp_path):
-    """The exported head, in many class blocks (BLOCK made small), on batches whose samples have distinct predicted
-    classes: ONNX Runtime's scores equal the naive NumPy LINe per sample, and the scaled form is one Mul, one
-    ThresholdedRelu and one MatMul per block (no Where, no comparison on the C x D weights)."""
+@pytest.mark.parametrize(("form", "engine"), [("scales", "torchscript"), ("scales", "dynamo"), ("cuts", "auto")])
+def test_line_graph_in_blocks_matches_numpy_on_a_batch_of_distinct_classes(form, engine, monkeypatch, tmp_path):
+    """The exported head (by either exporter), in many class blocks (BLOCK made small), on batches whose samples have
+    distinct predicted classes: ONNX Runtime's scores equal the naive NumPy LINe per sample, and the scaled form is
+    one Mul, one ThresholdedRelu and one MatMul per block (no Where, no comparison on the C x D weights)."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -189,8 +189,10 @@ def test_line_graph_in_blocks_matches_numpy_on_a_batch_of_distinct_classes(form,
     head = det.head()
     assert (head.alpha is None) == (form == "cuts")
     path = tmp_path / "line-head.onnx"
-    export_onnx(head, (torch.from_numpy(h[:2]),), input_names=["h"], output_names=["logits", "score", "label"]
-                ).save(str(path))
+    program = export_onnx(head, (torch.from_numpy(h[:2]),), input_names=["h"],
+                          output_names=["logits", "score", "label"], engine=engine)
+    assert program.engine == ("torchscript" if engine == "auto" else engine)  # the fast route where it is exact
+    program.save(str(path))
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     if form == "scales":
         assert ops.count("ThresholdedRelu") == 8 and "Where" not in ops and "Greater" not in ops
