@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - the test deps are missing
     pytest.skip("torchvision is not installed: pip install --no-deps torchvision==0.28.0", allow_module_level=True)
 
 from oodgate.detectors.adascale import AdaSCALEHead, _LogitsAndFeatures, _n_selected, smallest_n_mask_bisection  # noqa: E402
-from oodgate.detectors.gradient import export_gradient_onnx, trace_logits_and_input_gradient  # noqa: E402
+from oodgate.detectors.gradient import trace_logits_and_input_gradient  # noqa: E402
 from oodgate.models import split_classifier  # noqa: E402
 from oodgate.models.split import nonnegative_share  # noqa: E402
 from oodgate.evaluation.parity import compare_to_floor  # noqa: E402
@@ -115,7 +115,9 @@ def family_graphs(tmp_path_factory):
                 ecdf = seed_probe(fit)[4].numpy()
             probe = _probe(split, size, ecdf)
             path = folder / f"{name}.onnx"
-            export_gradient_onnx(probe, torch.from_numpy(inputs[:2]), path, output_names=PROBE_OUTPUTS)
+            # the library's route (as export() takes it): dynamo at a static batch, then a dynamic batch axis
+            export_onnx(probe, torch.from_numpy(inputs[:2]), input_names=["x"],
+                        output_names=list(PROBE_OUTPUTS)).save(str(path))
             cache[name] = (probe, path, inputs)
         return cache[name]
 
