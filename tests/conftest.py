@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# one OpenMP thread in every process the tests start too (CLI subprocesses, README blocks): on a small shared
+# machine OpenMP's spinning threads make them many times slower (see _one_torch_thread)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 #: tolerance of every ORT vs PyTorch comparison: |diff| <= TOL or |diff| <= TOL * |reference|
 TOL = 1e-4
 

@@ -120,6 +120,8 @@ def _dynamo_static_then_dynamic(module: torch.nn.Module, args: tuple[torch.Tenso
                                 optimize: bool) -> TracedProgram | None:
     """dynamo at batch STATIC_BATCH, then a dynamic batch axis (batch_axis.generalise_batch), checked by running it
     at two other batch sizes; None where any step does not fit."""
+    import onnx
+
     from .batch_axis import STATIC_BATCH, generalise_batch, runs_at_other_batches
 
     if _PROTO_LIMIT < sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers())):
@@ -133,6 +135,10 @@ def _dynamo_static_then_dynamic(module: torch.nn.Module, args: tuple[torch.Tenso
         return None
     if model is None or not runs_at_other_batches(model, tuple(a.detach().cpu().numpy() for a in args)):
         return None
+    try:  # shapes for ONNX Runtime's in-place elementwise ops (those of the static export were dropped)
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shapes are an optimisation: the graph is valid without them
+        pass
     out = TracedProgram(model)
     out.engine, out.batch_axis = "dynamo", "generalised"
     return out
