@@ -98,3 +98,22 @@ def test_export_onnx_takes_the_static_route_and_matches_torch_at_other_batch_siz
         for program in (fast, slow):
             sess = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
             np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_flat_indices_over_the_batch_grow_with_n():
+    # y = gather(flatten(x), idx), idx[n, c] = 12 n + c: the per-sample flat indices a backward pass bakes
+    idx = (np.arange(B)[:, None] * 12 + np.arange(12)[None, :]).astype(np.int64)
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "flat"), numpy_helper.from_array(idx, "idx")]
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("Gather", ["f", "idx"], ["y"], axis=0)]
+    model = generalise_batch(_graph(nodes, inits))
+    assert model is not None
+    for n in (1, 4):
+        x = np.random.default_rng(n).normal(size=(n, 3, 4)).astype(np.float32)
+        np.testing.assert_array_equal(_run(model, x), x.reshape(n, 12))
+
+
+def test_a_batch_axis_that_neither_repeats_nor_grows_is_refused():
+    idx = np.random.default_rng(0).integers(0, 12, size=(B, 12)).astype(np.int64)
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "flat"), numpy_helper.from_array(idx, "idx")]
+    nodes = [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("Gather", ["f", "idx"], ["y"], axis=0)]
+    assert generalise_batch(_graph(nodes, inits)) is None

@@ -88,9 +88,11 @@ class ProbeScorer(nn.Module):
 PROBE_OUTPUTS = ("logits", "h", "grad", "mask", "q", "score")
 
 
-def _probe(split: nn.Module, size: int, ecdf: np.ndarray) -> ProbeScorer:
-    example = torch.randn((2, 3, size, size), generator=torch.Generator().manual_seed(0))
-    gradient = trace_logits_and_input_gradient(_LogitsAndFeatures(split).eval(), example)
+def _probe(split: nn.Module, size: int, ecdf: np.ndarray, gradient: nn.Module | None = None) -> ProbeScorer:
+    """The probe with ``ecdf`` as the head's ID distribution of Q' (the gradient branch traced here unless given)."""
+    if gradient is None:
+        example = torch.randn((2, 3, size, size), generator=torch.Generator().manual_seed(0))
+        gradient = trace_logits_and_input_gradient(_LogitsAndFeatures(split).eval(), example)
     w, b = split.head.weight.detach().numpy(), split.head.bias.detach().numpy()
     head = AdaSCALEHead(w, b, ecdf, variant="a", p_min=80.0, p_max=85.0, k1=1.0, k2=5.0, lam=10.0)
     return ProbeScorer(gradient, head, _n_selected((3, size, size), 0.05), 0.5).eval()
@@ -113,7 +115,7 @@ def family_graphs(tmp_path_factory):
             seed_probe = _probe(split, size, np.zeros(1))
             with torch.no_grad():
                 ecdf = seed_probe(fit)[4].numpy()
-            probe = _probe(split, size, ecdf)
+            probe = _probe(split, size, ecdf, gradient=seed_probe.gradient)  # the same branch, traced once
             path = folder / f"{name}.onnx"
             # the library's route (as export() takes it): dynamo at a static batch, then a dynamic batch axis
             export_onnx(probe, torch.from_numpy(inputs[:2]), input_names=["x"],
