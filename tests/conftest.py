@@ -251,3 +251,32 @@ def efficientnet_adascale(efficientnet_lite0, tmp_path_factory):
         mp.setattr(type(cal.detector), "graph_scorer", lambda self, split: scorer)
         export(cal, path)
     return SimpleNamespace(calibration=cal, scorer=scorer, graph=path)
+
+
+class _CliError:
+    """cli_error(*args): run main() (the console entry point) in-process with those arguments; assert exit code 2
+    and one stderr line starting 'error: '; return that line (what it printed on stdout: ``.stdout``)."""
+
+    def __init__(self, monkeypatch, capsys) -> None:
+        self._monkeypatch, self._capsys, self.stdout = monkeypatch, capsys, ""
+
+    def __call__(self, *args: object) -> str:
+        import sys
+
+        from oodgate.cli import main
+
+        self._monkeypatch.setattr(sys, "argv", ["oodgate", *map(str, args)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 2
+        captured = self._capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+        self.stdout = captured.out
+        return lines[0]
+
+
+@pytest.fixture
+def cli_error(monkeypatch, capsys) -> _CliError:
+    return _CliError(monkeypatch, capsys)
+

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from oodgate.cli import app, main
+from oodgate.cli import app
 
 COMMAND_OPTIONS = {
     "calibrate": ["--data", "--output", "--method", "--param", "--holdout", "--tpr", "--seed", "--weights", "--head",
@@ -49,18 +49,6 @@ def invoke(runner: CliRunner, *args: object, code: int = 0):
         raise result.exception
     assert result.exit_code == code, result.output
     return result
-
-
-def cli_error(monkeypatch, capsys, *args: object) -> str:
-    """Run main() (the console entry point) in-process; return its one-line stderr, asserting exit code 2."""
-    monkeypatch.setattr(sys, "argv", ["oodgate", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # -- help ----------------------------------------------------------------------------------------------------
@@ -120,7 +108,7 @@ def test_run_formats(runner, energy_graph, digit_pngs):
     assert all(json.loads(line)["is_ood"] for line in high)
 
 
-def test_run_writes_output_file_only_with_force(runner, energy_graph, digit_pngs, tmp_path, monkeypatch, capsys):
+def test_run_writes_output_file_only_with_force(runner, energy_graph, digit_pngs, tmp_path, cli_error):
     from oodgate import OodgateError
 
     out = tmp_path / "scores.jsonl"
@@ -130,7 +118,7 @@ def test_run_writes_output_file_only_with_force(runner, energy_graph, digit_pngs
     result = invoke(runner, "run", energy_graph, digit_pngs[1], "--format", "jsonl", "-o", out, code=1)
     assert isinstance(result.exception, OodgateError) and "--force" in str(result.exception)
     assert out.read_text() == first
-    line = cli_error(monkeypatch, capsys, "run", energy_graph, digit_pngs[1], "-o", out)
+    line = cli_error("run", energy_graph, digit_pngs[1], "-o", out)
     assert str(out) in line and "exists" in line
     invoke(runner, "run", energy_graph, digit_pngs[1], "--format", "jsonl", "-o", out, "--force")
     assert json.loads(out.read_text())["input"] == str(digit_pngs[1])
@@ -183,7 +171,7 @@ def test_evaluate_prints_auroc_table(runner, energy_graph, tmp_path):
 # -- calibrate -> export -> run --------------------------------------------------------------------------------
 
 
-def test_calibrate_export_run_chain(runner, tmp_path, digit_pngs, monkeypatch, capsys):
+def test_calibrate_export_run_chain(runner, tmp_path, digit_pngs, cli_error):
     from oodgate.calibration import load_calibration
     from oodgate.runtime import read_graph_info
 
@@ -193,14 +181,14 @@ def test_calibrate_export_run_chain(runner, tmp_path, digit_pngs, monkeypatch, c
     assert f"wrote {cal_path}" in out and "line(" in out
     cal = load_calibration(cal_path)
     assert cal.method == "line" and cal.params["p_w"] == 20 and cal.params["clip"] == "p95" and cal.tpr == 0.9
-    assert "exists" in cli_error(monkeypatch, capsys, "calibrate", "digits-cnn", "--data", "digits:calib", "-o",
+    assert "exists" in cli_error("calibrate", "digits-cnn", "--data", "digits:calib", "-o",
                                  cal_path)
 
     out = invoke(runner, "export", cal_path, "-o", graph).stdout
     assert out.startswith(f"exported line to {graph}") and "max |score diff|" in out
     info = read_graph_info(graph)
     assert info.calibration_hash == cal.checksum() and info.threshold == cal.threshold
-    assert "exists" in cli_error(monkeypatch, capsys, "export", cal_path, "-o", graph)
+    assert "exists" in cli_error("export", cal_path, "-o", graph)
 
     records = [json.loads(line) for line in invoke(runner, "run", graph, *digit_pngs, "--format", "jsonl")
                .stdout.splitlines()]
@@ -211,7 +199,7 @@ def test_calibrate_export_run_chain(runner, tmp_path, digit_pngs, monkeypatch, c
 # -- parity ------------------------------------------------------------------------------------------------
 
 
-def test_parity_reports_and_golden(runner, energy_graph, energy_calibration_file, tmp_path, monkeypatch, capsys):
+def test_parity_reports_and_golden(runner, energy_graph, energy_calibration_file, tmp_path, cli_error):
     js, junit, golden = tmp_path / "p.json", tmp_path / "p.xml", tmp_path / "golden.npz"
     out = invoke(runner, "parity", energy_graph, "--calibration", energy_calibration_file, "--data", "digits:test",
                  "--limit", 24, "--json", js, "--junit", junit, "--save-golden", golden).stdout
@@ -227,10 +215,10 @@ def test_parity_reports_and_golden(runner, energy_graph, energy_calibration_file
     assert out.splitlines()[-1] == "PASS" and "golden golden.npz" in out
     assert json.loads((tmp_path / "g.json").read_text())["reference"] == "golden golden.npz"
 
-    assert "exists" in cli_error(monkeypatch, capsys, "parity", energy_graph, "--calibration",
+    assert "exists" in cli_error("parity", energy_graph, "--calibration",
                                  energy_calibration_file, "--data", "digits:test", "--limit", 4, "--save-golden",
                                  golden)
-    assert "--calibration and --data" in cli_error(monkeypatch, capsys, "parity", energy_graph)
+    assert "--calibration and --data" in cli_error("parity", energy_graph)
 
 
 def test_parity_exit_1_on_perturbed_graph(runner, perturbed_energy_graph, energy_calibration_file, tmp_path):
@@ -246,10 +234,9 @@ def test_parity_exit_1_on_perturbed_graph(runner, perturbed_energy_graph, energy
     assert failed.get("name") == "score" and "to float64" in failed.find("failure").get("message")
 
 
-def test_parity_refuses_another_calibration(runner, digits_calibration, energy_graph, tmp_path, monkeypatch,
-                                            capsys):
+def test_parity_refuses_another_calibration(runner, digits_calibration, energy_graph, tmp_path, cli_error):
     other = digits_calibration("line").save(tmp_path / "line.oodcal")
-    line = cli_error(monkeypatch, capsys, "parity", energy_graph, "--calibration", other, "--data", "digits:test",
+    line = cli_error("parity", energy_graph, "--calibration", other, "--data", "digits:test",
                      "--limit", 4)
     assert "exported from another calibration" in line
 
@@ -266,26 +253,26 @@ def test_parity_report_files_are_not_overwritten_without_force(runner, energy_gr
 # -- errors: exit code 2 and one line -----------------------------------------------------------------------
 
 
-def test_errors_are_one_line_with_exit_code_2(runner, energy_graph, foreign_graph, tmp_path, monkeypatch, capsys):
+def test_errors_are_one_line_with_exit_code_2(runner, energy_graph, foreign_graph, tmp_path, cli_error):
     import onnxruntime
 
     from oodgate import ArtifactError
 
     result = invoke(runner, "inspect", foreign_graph, code=1)
     assert isinstance(result.exception, ArtifactError)
-    assert "not made by oodgate" in cli_error(monkeypatch, capsys, "inspect", foreign_graph)
-    assert "no such graph file" in cli_error(monkeypatch, capsys, "run", tmp_path / "missing.onnx", foreign_graph)
-    assert "no such image file or folder" in cli_error(monkeypatch, capsys, "run", energy_graph,
+    assert "not made by oodgate" in cli_error("inspect", foreign_graph)
+    assert "no such graph file" in cli_error("run", tmp_path / "missing.onnx", foreign_graph)
+    assert "no such image file or folder" in cli_error("run", energy_graph,
                                                        tmp_path / "missing.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png at all")
-    assert "not an image or corrupt" in cli_error(monkeypatch, capsys, "run", energy_graph, bad)
-    assert "--format 'xml'" in cli_error(monkeypatch, capsys, "run", energy_graph, bad, "--format", "xml")
+    assert "not an image or corrupt" in cli_error("run", energy_graph, bad)
+    assert "--format 'xml'" in cli_error("run", energy_graph, bad, "--format", "xml")
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        assert "provider 'cuda' needs" in cli_error(monkeypatch, capsys, "run", energy_graph, tmp_path, "-p", "cuda")
-    assert "no such calibration file" in cli_error(monkeypatch, capsys, "export", tmp_path / "missing.oodcal", "-o",
+        assert "provider 'cuda' needs" in cli_error("run", energy_graph, tmp_path, "-p", "cuda")
+    assert "no such calibration file" in cli_error("export", tmp_path / "missing.oodcal", "-o",
                                                    tmp_path / "x.onnx")
-    assert "unknown detector" in cli_error(monkeypatch, capsys, "calibrate", "digits-cnn", "--data", "digits:calib",
+    assert "unknown detector" in cli_error("calibrate", "digits-cnn", "--data", "digits:calib",
                                            "-o", tmp_path / "x.oodcal", "-m", "nonsense")
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.oodcal").exists()
 

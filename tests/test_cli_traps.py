@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from oodgate.cli import BUILTIN_MODEL_NAMES, app, main
+from oodgate.cli import BUILTIN_MODEL_NAMES, app
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +27,6 @@ def _ok(runner: CliRunner, *args: object):
         raise result.exception
     assert result.exit_code == 0, result.output
     return result
-
-
-def _error(monkeypatch, capsys, *args: object) -> str:
-    monkeypatch.setattr(sys, "argv", ["oodgate", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    _error.stdout = captured.out
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +63,8 @@ def test_run_output_suffix_picks_the_format(runner, energy_graph, digit_pngs, tm
     assert (tmp_path / "out.txt").read_text().startswith("input")  # a table
 
 
-def test_run_format_contradicting_the_suffix_is_an_error(monkeypatch, capsys, energy_graph, digit_pngs, tmp_path):
-    line = _error(monkeypatch, capsys, "run", energy_graph, digit_pngs[0], "--format", "csv", "-o",
+def test_run_format_contradicting_the_suffix_is_an_error(energy_graph, digit_pngs, tmp_path, cli_error):
+    line = cli_error("run", energy_graph, digit_pngs[0], "--format", "csv", "-o",
                   tmp_path / "out.jsonl")
     assert "--format csv does not match the output suffix '.jsonl'" in line
     assert not (tmp_path / "out.jsonl").exists()
@@ -126,8 +114,8 @@ def folder_with_a_corrupt_jpeg(digit_pngs, tmp_path) -> Path:
     return tmp_path
 
 
-def test_corrupt_image_names_the_file_and_the_option(monkeypatch, capsys, energy_graph, folder_with_a_corrupt_jpeg):
-    line = _error(monkeypatch, capsys, "run", energy_graph, folder_with_a_corrupt_jpeg, "-p", "cpu")
+def test_corrupt_image_names_the_file_and_the_option(energy_graph, folder_with_a_corrupt_jpeg, cli_error):
+    line = cli_error("run", energy_graph, folder_with_a_corrupt_jpeg, "-p", "cpu")
     assert "broken.jpg" in line and "--skip-unreadable" in line
 
 
@@ -166,7 +154,7 @@ def test_image_folder_skip_unreadable_keeps_labels_aligned(tmp_path, digit_pngs)
 # -- evaluate --report: the plots extra is checked before the work ----------------------------------------------
 
 
-def test_report_without_matplotlib_fails_before_scoring(monkeypatch, capsys, energy_graph, tmp_path):
+def test_report_without_matplotlib_fails_before_scoring(monkeypatch, energy_graph, tmp_path, cli_error):
     import importlib.util
 
     import oodgate.evaluation.evaluate as evaluation_pkg
@@ -175,17 +163,17 @@ def test_report_without_matplotlib_fails_before_scoring(monkeypatch, capsys, ene
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     scored = []
     monkeypatch.setattr(evaluation_pkg, "evaluate_session", lambda *a, **k: scored.append(1))
-    line = _error(monkeypatch, capsys, "evaluate", energy_graph, "--id", "digits:test", "--ood", "noise=ood:noise",
+    line = cli_error("evaluate", energy_graph, "--id", "digits:test", "--ood", "noise=ood:noise",
                   "--report", tmp_path / "report")
     assert "matplotlib" in line and "'.[plots]'" in line and "--no-plots" in line
     assert scored == [] and not (tmp_path / "report").exists()
-    assert _error.stdout == ""  # no table printed before the error
+    assert cli_error.stdout == ""  # no table printed before the error
 
 
 # -- checkpoints on the command line: a whole pickled model needs --trust-pickle, at calibrate and export ---------
 
 
-def test_pickled_checkpoint_needs_trust_pickle(monkeypatch, capsys, runner, tmp_path):
+def test_pickled_checkpoint_needs_trust_pickle(runner, tmp_path, cli_error):
     import torch
 
     from oodgate.models.registry import load_model
@@ -193,11 +181,11 @@ def test_pickled_checkpoint_needs_trust_pickle(monkeypatch, capsys, runner, tmp_
     torch.save(load_model("digits-cnn").model, tmp_path / "whole.pt")
     args = ["calibrate", "digits-cnn", "--weights", tmp_path / "whole.pt", "--data", "digits:calib", "--method",
             "msp", "-o", tmp_path / "msp.oodcal"]
-    line = _error(monkeypatch, capsys, *args)
+    line = cli_error(*args)
     assert "not a plain state dict" in line and "SmallCNN" in line and "--trust-pickle" in line
     assert not (tmp_path / "msp.oodcal").exists()
     _ok(runner, *args, "--trust-pickle")
-    line = _error(monkeypatch, capsys, "export", tmp_path / "msp.oodcal", "-o", tmp_path / "msp.onnx")
+    line = cli_error("export", tmp_path / "msp.oodcal", "-o", tmp_path / "msp.onnx")
     assert "--trust-pickle" in line and not (tmp_path / "msp.onnx").exists()
     _ok(runner, "export", tmp_path / "msp.oodcal", "-o", tmp_path / "msp.onnx", "--trust-pickle")
     from oodgate.data.sets import digits

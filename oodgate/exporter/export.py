@@ -20,7 +20,7 @@ from ..models.split import split_classifier
 from ..progress import show_progress
 from ..runtime.metadata import GRAPH_FORMAT, GRAPH_FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, seal_graph
 from .graph import OodgateGraph, build_graph_module
-from .onnx_export import export_onnx
+from .onnx_export import PROTOBUF_LIMIT_BYTES, export_onnx, weight_bytes
 
 #: the ONNX opsets oodgate exports (and tests): 18 (the first with the reductions' axes as inputs) up to 25
 MIN_OPSET, MAX_OPSET = 18, 25
@@ -28,7 +28,7 @@ MIN_OPSET, MAX_OPSET = 18, 25
 RECHECK_TOLERANCE = 0.02
 
 #: protobuf's 2 GB limit: larger models keep their weights in an external data file next to the graph
-EXTERNAL_DATA_BYTES = 1_800_000_000
+EXTERNAL_DATA_BYTES = PROTOBUF_LIMIT_BYTES
 
 
 @dataclass
@@ -132,8 +132,9 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
 
     The graph is checked with onnx.checker (full_check) and, with ``check``, run by ONNX Runtime against the
     PyTorch reference on inputs other than the export example (the noise-floor criterion: within
-    ``floor_factor`` times PyTorch float32's own distance to float64, see oodgate.evaluation.parity); only then is it published (with its external data
-    file ``<path>.data`` for models above 1.8 GB), never over an existing file unless ``overwrite``.
+    ``floor_factor`` times PyTorch float32's own distance to float64, see oodgate.evaluation.parity); only then is
+    it published (with its external data file ``<path>.data`` for models above 1.8 GB), never over an existing file
+    unless ``overwrite``. oodgate.export_onnx chooses torch.onnx's exporter (``ExportResult.engine``).
 
     A model whose weights differ from the calibrated ones is refused, unless ``recheck_data`` (ID images) shows
     that the calibrated threshold still keeps the calibrated TPR with them. A ``module:attr`` model reference read
@@ -168,9 +169,7 @@ def export(calibration: Calibration, path: str | Path, *, model: Any = None, ops
     input_shape = calibration.preprocess.input_shape
     gen = torch.Generator().manual_seed(1234)
     example = torch.randn((2, *input_shape), generator=gen)
-    n_bytes = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
-        b.numel() * b.element_size() for b in module.buffers())
-    external = n_bytes > EXTERNAL_DATA_BYTES
+    external = weight_bytes(module) > EXTERNAL_DATA_BYTES
     if external and data_path.exists() and not overwrite:
         raise OodgateError(f"{data_path} exists: choose another path or overwrite it (--force / overwrite=True)")
     stage("torch.onnx.export (TorchScript trace where exact, else dynamo: capture, decompositions, translation)")

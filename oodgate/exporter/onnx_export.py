@@ -3,9 +3,9 @@ export(), bench/ and the tests.
 
 Two exporters of torch.onnx are used, the fast one first:
 
-- ``"torchscript"``: torch.jit.trace + the TorchScript exporter (``dynamo=False``). About 4x faster than dynamo on
-  a ResNet-50 (1.8 s vs 7.5 s here, bench/export_time.py measures it) because it records the ops once instead of
-  capturing, re-tracing for the decompositions and optimising. It is taken only where its trace is exact: no
+- ``"torchscript"``: torch.jit.trace + the TorchScript exporter (``dynamo=False``). Faster than dynamo (it records
+  the ops once instead of capturing, re-tracing for the decompositions and optimising; bench/export_time.py
+  measures both routes). It is taken only where its trace is exact: no
   ``TracerWarning`` (a Python branch on a tensor, a shape read into a Python number: the trace would be
   specialised), opset <= 20 (its newest), weights under protobuf's 2 GB limit, and no torch.fx graph inside the
   module (AdaSCALE's traced gradient branch, whose ATen calls the tracer cannot record).
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -31,14 +32,21 @@ from ..errors import ExportError
 _CHATTY = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
 #: the newest opset torch.onnx's TorchScript exporter writes
 TORCHSCRIPT_MAX_OPSET = 20
-#: protobuf's limit on one serialised model (the TorchScript route serialises in memory)
-_PROTO_LIMIT = 1_800_000_000
+#: protobuf's 2 GB limit on one serialised model, with a margin: larger weights go to an external data file
+#: (export()) and never through the in-memory routes here
+PROTOBUF_LIMIT_BYTES = 1_800_000_000
 ENGINES = ("auto", "torchscript", "dynamo")
 
 
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
 class TracedProgram:
-    """What the TorchScript route returns: the ONNX model in memory, with the two members of torch.onnx's
-    ONNXProgram that oodgate uses (``model_proto``, ``save``)."""
+    """An ONNX model exported in memory (the TorchScript route, and the static-batch dynamo route once its batch
+    axis is made dynamic), with the two members of torch.onnx's ONNXProgram that oodgate uses (``model_proto``,
+    ``save``)."""
 
     engine = "torchscript"
     #: how the batch axis was made: "traced" (TorchScript's dynamic_axes), "generalised" (a static dynamo export made
@@ -51,17 +59,18 @@ class TracedProgram:
     def save(self, path: str, external_data: bool = False) -> None:
         import onnx
 
-        onnx.save(self.model_proto, path, save_as_external_data=external_data)
+        # external data beside the file as <name>.data, where torch.onnx's ONNXProgram.save puts it
+        onnx.save(self.model_proto, path, save_as_external_data=external_data,
+                  location=f"{os.path.basename(path)}.data" if external_data else None)
 
 
-def _torchscript_blocker(module: torch.nn.Module, opset: int, optimize: bool) -> str | None:
+def _torchscript_blocker(module: torch.nn.Module, opset: int) -> str | None:
     """Why the TorchScript route is not taken for ``module`` (None: it is tried)."""
     if opset > TORCHSCRIPT_MAX_OPSET:
         return f"opset {opset} > {TORCHSCRIPT_MAX_OPSET}"
     if any(isinstance(m, torch.fx.GraphModule) for m in module.modules()):
         return "the module holds a torch.fx graph"
-    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-    if size > _PROTO_LIMIT:
+    if weight_bytes(module) > PROTOBUF_LIMIT_BYTES:
         return "weights above protobuf's 2 GB limit"
     return None
 
@@ -124,7 +133,7 @@ def _dynamo_static_then_dynamic(module: torch.nn.Module, args: tuple[torch.Tenso
 
     from .batch_axis import STATIC_BATCH, generalise_batch, runs_at_other_batches
 
-    if _PROTO_LIMIT < sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers())):
+    if weight_bytes(module) > PROTOBUF_LIMIT_BYTES:
         return None
     rows = torch.arange(STATIC_BATCH)
     static_args = tuple(a[rows % a.shape[0]] for a in args)
@@ -166,7 +175,7 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Ten
         lg.setLevel(logging.ERROR)
     try:
         if engine != "dynamo":
-            blocker = _torchscript_blocker(module, opset, optimize)
+            blocker = _torchscript_blocker(module, opset)
             traced = None if blocker else _torchscript(module, args, opset, list(input_names or ()),
                                                          None if output_names is None else list(output_names),
                                                          dynamic_batch)
@@ -187,4 +196,5 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Ten
             lg.setLevel(level)
 
 
-__all__ = ["ENGINES", "TORCHSCRIPT_MAX_OPSET", "TracedProgram", "export_onnx"]
+__all__ = ["ENGINES", "PROTOBUF_LIMIT_BYTES", "TORCHSCRIPT_MAX_OPSET", "TracedProgram", "export_onnx",
+           "weight_bytes"]

@@ -218,10 +218,10 @@ def test_triton_repo_writer_is_torch_free(energy_graph, tmp_path):
 
 
 def test_cli_export_with_triton_repo_and_triton_commands(energy_calibration_file, energy_graph, tmp_path,
-                                                         monkeypatch, capsys):
+                                                         cli_error):
     from typer.testing import CliRunner
 
-    from oodgate.cli import app, main
+    from oodgate.cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["export", str(energy_calibration_file), "-o", str(tmp_path / "gate.onnx"),
@@ -237,11 +237,6 @@ def test_cli_export_with_triton_repo_and_triton_commands(energy_calibration_file
     res = runner.invoke(app, ["triton-check", str(tmp_path / "repo" / "g2"), "--graph", str(energy_graph)])
     assert res.exit_code == 0 and "matches its graph" in res.output
     # refused before exporting: the graph is not written either
-    monkeypatch.setattr(sys, "argv", ["oodgate", "export", str(energy_calibration_file), "-o",
-                                      str(tmp_path / "gate2.onnx"), "--triton-repo", str(tmp_path / "repo"),
-                                      "--triton-name", "gate"])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    assert exc.value.code == 2 and not (tmp_path / "gate2.onnx").exists()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and "exists" in err[0]
+    line = cli_error("export", energy_calibration_file, "-o", tmp_path / "gate2.onnx", "--triton-repo",
+                     tmp_path / "repo", "--triton-name", "gate")
+    assert "exists" in line and not (tmp_path / "gate2.onnx").exists()
