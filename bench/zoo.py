@@ -18,6 +18,7 @@ docs/ZOO.md lists exactly the cells that were run, with the machine.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -51,8 +52,14 @@ def machine() -> str:
             f"{m['Python / PyTorch / ONNX Runtime']}")
 
 
-def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path) -> dict:
-    """Calibrate, export and measure one cell; returns the row (status 'ok' / 'FAIL' with the error)."""
+def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path, built: tuple | None = None) -> dict:
+    """Calibrate, export and measure one cell; returns the row (status 'ok' / 'FAIL' with the error).
+
+    ``built``: (model, side, build seconds) of ``zoo.build(name)``, shared by the cells of one family (the model is
+    not changed by a cell: calibrate/export work on copies).
+    """
+    import importlib
+
     import onnxruntime as ort
     import torch
 
@@ -61,13 +68,16 @@ def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path) -> 
     from oodgate.data import ImageSet, Preprocess
     from oodgate.evaluation.parity import compare_to_floor
     from oodgate.exporter import export
-    from oodgate.exporter.reference import parity, reference_outputs
+    from oodgate.exporter.reference import reference_outputs
     from oodgate.runtime.trt_audit import audit_graph, has_errors
 
+    compare_with_reference = importlib.import_module("oodgate.evaluation.parity").parity
     row: dict = {"model": name, "method": method, "reduced": reduced, "n": n}
-    t0 = time.perf_counter()
-    model, size = zoo.build(name, reduced=reduced)
-    row["build_s"] = time.perf_counter() - t0
+    if built is None:
+        t0 = time.perf_counter()
+        model, size = zoo.build(name, reduced=reduced)
+        built = (model, size, time.perf_counter() - t0)
+    model, size, row["build_s"] = built
     pre = Preprocess(channels="RGB", resize=(size, size), mean=zoo.MEAN, std=zoo.STD)
     ids, labels = zoo.id_images(200 + n, size, offset=2000)
     fit = ImageSet("fashion-mnist rgb", ids[:200], labels[:200])
@@ -81,14 +91,19 @@ def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path) -> 
     result = export(cal, path, model=model, overwrite=True)
     row["export_s"] = time.perf_counter() - t0
     row["graph_mb"] = (path.stat().st_size + (result.external_data.stat().st_size if result.external_data else 0)) / 1e6
-    report = parity(path, test_id, calibration=cal, model=model, ood_inputs=test_ood, batch_size=8)
+    # what oodgate.exporter.reference.parity (`oodgate parity`) does, with the two references kept for the row
+    everything = np.concatenate([test_id, test_ood])
+    t0 = time.perf_counter()
+    ref32 = reference_outputs(cal, everything, model=model, batch_size=8)
+    ref64 = reference_outputs(cal, everything, model=model, batch_size=8, float64=True)
+    row["reference_s"] = time.perf_counter() - t0
+    report = compare_with_reference(path, test_id, reference=ref32, reference_name="pytorch-cpu",
+                                    reference_hash=cal.checksum(), ood_inputs=test_ood, reference64=ref64,
+                                    batch_size=8)
     rt = report.runtimes[0]
     row["parity"] = "pass" if report.passed else "FAIL"
     row["floor"] = rt.floor
     row["drift"] = rt.drift["delta"] if rt.drift else None
-    everything = np.concatenate([test_id, test_ood])
-    ref32 = reference_outputs(cal, everything, model=model, batch_size=8)
-    ref64 = reference_outputs(cal, everything, model=model, batch_size=8, float64=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: everything})))
     for output in ("logits", "score"):
@@ -156,9 +171,12 @@ def write_doc(rows: list[dict], key: str, args: argparse.Namespace) -> None:
         "own max |float32 - float64| (the noise floor); **ΔAUROC / ΔFPR95** = drift of ORT against the PyTorch "
         "float32 reference on the ID vs OOD images, in points; **ORT ms** = ONNX Runtime CPU, batch 1, median of 5 "
         "(on a shared, loaded machine: compare within a column only).", "",
-        "Only the cells listed here were run; a family or method missing from the table was not run (time). "
-        "**source key**: hash of oodgate's sources when the cell ran (cells of one run share it; this table mixes "
-        "runs of the same session while the code changed — rerun `python bench/zoo.py` to refresh all).", "",
+        "Only the cells listed here were run; a family or method missing from the table was not run. "
+        "**source key**: hash of oodgate's sources and of this benchmark when the cell ran; "
+        + ("every cell here has the same one (one version of the code)."
+           if len({r.get("key") for r in rows}) == 1 else
+           "this table mixes versions of the code — rerun `python bench/zoo.py` to refresh all.")
+        + " The reduced matrix (CI) is tests/zoo.", "",
         "| model | size | method | status | logits vs f64 / torch f32 | score vs f64 / torch f32 | ΔAUROC / ΔFPR95 "
         "(pt) | export s | graph MB | ORT ms | TRT audit | source key |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -216,30 +234,43 @@ def main() -> None:
                         rows.append({**entry["row"], "key": entry.get("key"), "reduced": size_tag == "reduced"})
         write_doc(rows, key, args)
         return
+    feature_cache = importlib.import_module("oodgate.detectors.base").feature_cache
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            for method in methods:
-                cached = CACHE / tag / name / f"{method}.json"
-                if cached.is_file():
-                    entry = json.loads(cached.read_text())
-                    if entry.get("key") == key or args.write_only:
-                        rows.append({**entry["row"], "key": entry.get("key")})
+            built = None  # one build per family, and its calibration features shared by the single-pass methods
+            with feature_cache():
+                for method in methods:
+                    cached = CACHE / tag / name / f"{method}.json"
+                    if cached.is_file():
+                        entry = json.loads(cached.read_text())
+                        if entry.get("key") == key:
+                            rows.append({**entry["row"], "key": entry.get("key")})
+                            continue
+                    if (time.perf_counter() - start) / 60 > args.budget_min:
                         continue
-                if args.write_only or (time.perf_counter() - start) / 60 > args.budget_min:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    row = run_cell(name, method, reduced=args.reduced, n=args.n, folder=Path(tmp))
-                except Exception as exc:  # noqa: BLE001 - a failing cell is a result
-                    row = {"model": name, "method": method, "status": "FAIL",
-                           "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
-                    traceback.print_exc()
-                row["cell_s"] = time.perf_counter() - t0
-                write_text(cached, json.dumps({"key": key, "row": row}, default=float))
-                rows.append({**row, "key": key})
-                print(f"{name:<22} {method:<11} {row['status']:<5} {row['cell_s']:.0f}s "
-                      f"{row.get('error', '')}", flush=True)
+                    if built is None:
+                        t0 = time.perf_counter()
+                        model, size = zoo.build(name, reduced=args.reduced)
+                        built = (model, size, time.perf_counter() - t0)
+                    row = _run(name, method, args, Path(tmp), built)
+                    write_text(cached, json.dumps({"key": key, "row": row}, default=float))
+                    rows.append({**row, "key": key})
+                    print(f"{name:<22} {method:<11} {row['status']:<5} {row['cell_s']:.0f}s "
+                          f"{row.get('error', '')}", flush=True)
     write_doc(rows, key, args)
+
+
+def _run(name: str, method: str, args: argparse.Namespace, folder: Path, built: tuple) -> dict:
+    """One cell, a failure recorded as its result."""
+    t0 = time.perf_counter()
+    try:
+        row = run_cell(name, method, reduced=args.reduced, n=args.n, folder=folder, built=built)
+    except Exception as exc:  # noqa: BLE001 - a failing cell is a result
+        row = {"model": name, "method": method, "status": "FAIL",
+               "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        traceback.print_exc()
+    row["cell_s"] = time.perf_counter() - t0
+    return row
 
 
 if __name__ == "__main__":
