@@ -1,6 +1,6 @@
 """The model zoo: torchvision/timm families x every oodgate method, full size (224x224), written to docs/ZOO.md.
 
-    python bench/zoo.py [--reduced] [--models resnet50,vit_b_16] [--methods energy,adascale_a] [--n 24]
+    python bench/zoo.py [--reduced] [--models resnet50,vit_b_16] [--methods energy,adascale_a] [--n 16] [--n-discontinuous 32]
                         [--budget-min 40] [--write-only]
 
 Per cell (model x method): calibrate on real Fashion-MNIST images (upsampled, RGB), export() (which runs the
@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import machine_info, source_hash, write_text  # noqa: E402
 
+from oodgate.evaluation.parity import DISCONTINUOUS_METHODS as DISCONTINUOUS  # noqa: E402 - judged by drift
+
 METHODS = ("msp", "energy", "react", "ash_p", "ash_s", "ash_b", "scale", "dice", "line", "mos", "adascale_a",
            "adascale_l")
 CACHE = ROOT / "bench" / ".cache" / "zoo"
@@ -68,7 +70,6 @@ def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path, bui
     from oodgate.data import ImageSet, Preprocess
     from oodgate.evaluation.parity import compare_to_floor
     from oodgate.exporter import export
-    from oodgate.exporter.reference import reference_outputs
     from oodgate.runtime.trt_audit import audit_graph, has_errors
 
     compare_with_reference = importlib.import_module("oodgate.evaluation.parity").parity
@@ -94,8 +95,7 @@ def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path, bui
     # what oodgate.exporter.reference.parity (`oodgate parity`) does, with the two references kept for the row
     everything = np.concatenate([test_id, test_ood])
     t0 = time.perf_counter()
-    ref32 = reference_outputs(cal, everything, model=model, batch_size=8)
-    ref64 = reference_outputs(cal, everything, model=model, batch_size=8, float64=True)
+    ref32, ref64 = _references(cal, model, everything, name)
     row["reference_s"] = time.perf_counter() - t0
     report = compare_with_reference(path, test_id, reference=ref32, reference_name="pytorch-cpu",
                                     reference_hash=cal.checksum(), ood_inputs=test_ood, reference64=ref64,
@@ -104,6 +104,7 @@ def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path, bui
     row["parity"] = "pass" if report.passed else "FAIL"
     row["floor"] = rt.floor
     row["drift"] = rt.drift["delta"] if rt.drift else None
+    row["drift64"] = rt.drift.get("floor") if rt.drift else None  # AdaSCALE: judged against float64
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: everything})))
     for output in ("logits", "score"):
@@ -127,6 +128,56 @@ def run_cell(name: str, method: str, *, reduced: bool, n: int, folder: Path, bui
         result.external_data.unlink(missing_ok=True)
     del torch
     return row
+
+
+#: backbone outputs per family, by (dtype, input bytes): see _Memo
+_MEMO: dict[str, dict] = {}
+
+
+def _memo_module():  # noqa: ANN202 - a torch module class, defined once torch is imported
+    import torch
+
+    class Memo(torch.nn.Module):
+        """A backbone whose output on an input it has seen (same dtype, same bytes) is returned from ``_MEMO``.
+
+        Exact for a deterministic eval-mode backbone: the single-pass cells of one family share its weights, so the
+        float32 and float64 PyTorch references of their exported modules differ only in the head, and the (slow,
+        float64) backbone is computed once per family instead of once per method. The store is global, so that the
+        float64 reference's deepcopy shares it.
+        """
+
+        def __init__(self, inner: torch.nn.Module, family: str) -> None:
+            super().__init__()
+            self.inner, self.family = inner, family
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import hashlib
+
+            data = x.detach().contiguous().numpy()
+            key = (str(x.dtype), tuple(x.shape), hashlib.sha256(data.tobytes()).hexdigest())
+            store = _MEMO.setdefault(self.family, {})
+            if key not in store:
+                store[key] = self.inner(x).detach().clone()
+            return store[key].clone()
+
+    return Memo
+
+
+def _references(cal, model, inputs: np.ndarray, family: str) -> tuple[dict, dict]:  # noqa: ANN001
+    """PyTorch float32 and float64 outputs of the exported module of ``cal`` (oodgate.exporter.reference), with a
+    single-pass detector's backbone memoised per family (``_memo_module``)."""
+    from oodgate.detectors.base import FeatureScorer
+    from oodgate.exporter.graph import build_graph_module
+    from oodgate.exporter.reference import module_outputs
+    from oodgate.models.split import split_classifier
+
+    split = split_classifier(model, head=cal.model_head)
+    cal.check_model(split)
+    graph = build_graph_module(cal, split)
+    if isinstance(graph.scorer, FeatureScorer):
+        graph.scorer.backbone = _memo_module()(graph.scorer.backbone, family)
+    return (module_outputs(graph, inputs, batch_size=8),
+            module_outputs(graph, inputs, batch_size=8, float64=True))
 
 
 SIGNED_FEATURES = """## Methods that assume non-negative features, on signed ones
@@ -164,12 +215,15 @@ def write_doc(rows: list[dict], key: str, args: argparse.Namespace) -> None:
         f"Source key {key}. Random weights with realistic scales (BatchNorm statistics re-estimated on real images, "
         "the final Linear trained on real Fashion-MNIST features; no download), 10 classes. Each cell: "
         "calibrate on 200 real ID images, `export()` (noise-floor check), then `oodgate parity` (float64 criterion) "
-        f"and the measurements on {args.n} real ID + {args.n} real OOD images (scikit-image photos/textures).",
+        "and the measurements on n real ID + n real OOD images (scikit-image photos/textures; the **n** column; "
+        "AdaSCALE's cells use more, its drift check needs AUROC steps finer than its 0.5-point tolerance).",
         "",
         "Columns: **status** ok = export passed its check, parity passed and the TensorRT audit passed; "
         "**logits / score vs f64** = max |ONNX Runtime - float64 PyTorch| and, after the slash, PyTorch float32's "
         "own max |float32 - float64| (the noise floor); **ΔAUROC / ΔFPR95** = drift of ORT against the PyTorch "
-        "float32 reference on the ID vs OOD images, in points; **ORT ms** = ONNX Runtime CPU, batch 1, median of 5 "
+        "float32 reference on the ID vs OOD images, in points; **AdaSCALE drift vs f64** = ORT's largest |ΔAUROC| or "
+        "|ΔFPR95| against float64 / PyTorch float32's own (the noise floor) / the bound 0.5 + 4 x that (AdaSCALE's "
+        "parity verdict, with decisions away from τ; its per-sample scores are discontinuous); **ORT ms** = ONNX Runtime CPU, batch 1, median of 5 "
         "(on a shared, loaded machine: compare within a column only).", "",
         "Only the cells listed here were run; a family or method missing from the table was not run. "
         "**source key**: hash of oodgate's sources and of this benchmark when the cell ran; "
@@ -177,21 +231,23 @@ def write_doc(rows: list[dict], key: str, args: argparse.Namespace) -> None:
            if len({r.get("key") for r in rows}) == 1 else
            "this table mixes versions of the code — rerun `python bench/zoo.py` to refresh all.")
         + " The reduced matrix (CI) is tests/zoo.", "",
-        "| model | size | method | status | logits vs f64 / torch f32 | score vs f64 / torch f32 | ΔAUROC / ΔFPR95 "
-        "(pt) | export s | graph MB | ORT ms | TRT audit | source key |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | size | method | status | n | logits vs f64 / torch f32 | score vs f64 / torch f32 | ΔAUROC / "
+        "ΔFPR95 (pt) | AdaSCALE drift vs f64 (pt) | export s | graph MB | ORT ms | TRT audit | source key |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("status") not in ("ok", "FAIL") or "error" in r:
-            lines.append(f"| {r['model']} | {_size(r)} | {r['method']} | FAIL | {r.get('error', '?')[:160]} | | | | "
-                         f"| | | {r.get('key', '')} |")
+            lines.append(f"| {r['model']} | {_size(r)} | {r['method']} | FAIL | {r.get('n', '')} | "
+                         f"{r.get('error', '?')[:160]} | | | | | | | | {r.get('key', '')} |")
             continue
         drift = r.get("drift") or {}
         fpr = max((v for k, v in drift.items() if k.startswith("fpr95")), key=abs, default=0.0)
         d = (f"{100 * drift.get('auroc', 0):+.2f} / {100 * fpr:+.2f}" if drift else "–")
+        f64 = r.get("drift64")
+        d64 = (f"{100 * f64['worst']:.2f} / {100 * f64['noise']:.2f} / {100 * f64['bound']:.2f}" if f64 else "–")
         lines.append(
-            f"| {r['model']} | {_size(r)} | {r['method']} | {r['status']} | {_fmt(r['logits_vs64'])} / {_fmt(r['logits_torch_vs64'])}"
-            f" | {_fmt(r['score_vs64'])} / {_fmt(r['score_torch_vs64'])} | {d} | {r['export_s']:.1f} | "
+            f"| {r['model']} | {_size(r)} | {r['method']} | {r['status']} | {r['n']} | {_fmt(r['logits_vs64'])} / {_fmt(r['logits_torch_vs64'])}"
+            f" | {_fmt(r['score_vs64'])} / {_fmt(r['score_torch_vs64'])} | {d} | {d64} | {r['export_s']:.1f} | "
             f"{r['graph_mb']:.1f} | {r['ort_ms']:.1f} | {r['trt_audit']} | {r.get('key', '')} |")
     lines += ["", "## Penultimate features per family", "",
               "What the split (`oodgate.models.split_classifier`) hands the detectors as h:", "",
@@ -208,7 +264,9 @@ def main() -> None:
     parser.add_argument("--reduced", action="store_true", help="the CI configs instead of full size")
     parser.add_argument("--models", default="", help="comma-separated families (default: all)")
     parser.add_argument("--methods", default="", help="comma-separated methods (default: all)")
-    parser.add_argument("--n", type=int, default=24, help="ID and OOD test images each")
+    parser.add_argument("--n", type=int, default=16, help="ID and OOD test images each (single-pass methods)")
+    parser.add_argument("--n-discontinuous", type=int, default=32,
+                        help="ID and OOD test images each for AdaSCALE (judged by AUROC/FPR95 drift)")
     parser.add_argument("--budget-min", type=float, default=40.0, help="start no new cell after this many minutes")
     parser.add_argument("--write-only", action="store_true",
                         help="write docs/ZOO.md from every cached cell (whatever source key), run nothing")
@@ -235,11 +293,15 @@ def main() -> None:
         write_doc(rows, key, args)
         return
     feature_cache = importlib.import_module("oodgate.detectors.base").feature_cache
+    # the single-pass methods of every family first, then AdaSCALE's (slower) cells: a run stopped by its budget
+    # leaves whole rows of the cheap methods
+    passes = [[m for m in methods if m not in DISCONTINUOUS], [m for m in methods if m in DISCONTINUOUS]]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in models:
+        for name, cells in ((name, cells) for cells in passes for name in models if cells):
             built = None  # one build per family, and its calibration features shared by the single-pass methods
+            _MEMO.clear()
             with feature_cache():
-                for method in methods:
+                for method in cells:
                     cached = CACHE / tag / name / f"{method}.json"
                     if cached.is_file():
                         entry = json.loads(cached.read_text())
@@ -257,6 +319,7 @@ def main() -> None:
                     rows.append({**row, "key": key})
                     print(f"{name:<22} {method:<11} {row['status']:<5} {row['cell_s']:.0f}s "
                           f"{row.get('error', '')}", flush=True)
+    rows.sort(key=lambda r: (models.index(r["model"]), methods.index(r["method"])))
     write_doc(rows, key, args)
 
 
@@ -264,7 +327,8 @@ def _run(name: str, method: str, args: argparse.Namespace, folder: Path, built: 
     """One cell, a failure recorded as its result."""
     t0 = time.perf_counter()
     try:
-        row = run_cell(name, method, reduced=args.reduced, n=args.n, folder=folder, built=built)
+        n = args.n_discontinuous if method in DISCONTINUOUS else args.n
+        row = run_cell(name, method, reduced=args.reduced, n=n, folder=folder, built=built)
     except Exception as exc:  # noqa: BLE001 - a failing cell is a result
         row = {"model": name, "method": method, "status": "FAIL",
                "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}

@@ -84,3 +84,69 @@ def test_discontinuous_scores_are_reported_not_judged() -> None:
 
 def test_near_tie() -> None:
     assert list(near_tie(np.array([[0.0, 1.0], [0.0, 1e-6]]), 1e-3)) == [False, True]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AdaSCALE-like discontinuous scores: AUROC/FPR95 drift judged against float64 (drift_floor)
+# ---------------------------------------------------------------------------------------------------------
+def _scores(n: int = 48) -> dict:
+    """Overlapping ID / OOD scores (float64 reference), n each: ID first."""
+    return {"score": np.concatenate([RNG.normal(1.0, 1.0, n), RNG.normal(0.0, 1.0, n)])}
+
+
+def _auroc(scores: np.ndarray, n_id: int) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(n_id), np.zeros(len(scores) - n_id)], scores))
+
+
+def _swap_pairs(ref64: dict, n_id: int, k: int) -> dict:
+    """A copy whose k ID/OOD pairs closest in score (ID just above OOD) are exchanged: AUROC drops by ~k/n^2."""
+    s = ref64["score"].copy()
+    order = np.argsort(s)
+    swapped = 0
+    for a, b in zip(order[:-1], order[1:]):
+        if swapped == k:
+            break
+        if b < n_id <= a:  # OOD a just below ID b: exchange their scores
+            s[a], s[b] = s[b], s[a]
+            swapped += 1
+    return {"score": s}
+
+
+def test_drift_floor_without_float32_noise_is_half_a_point_plus_one_sample() -> None:
+    from oodgate.evaluation.parity import drift_floor
+
+    n = 400
+    ref64 = _scores(n)
+    exact32 = {"score": ref64["score"].copy()}
+    ok = drift_floor(exact32, ref64, {"score": ref64["score"] + 1e-9}, n)
+    assert ok["passed"] and ok["noise"] == 0.0 and np.isclose(ok["bound"], 0.005 + 1 / n)
+
+    def lifted(k: int) -> dict:  # the k lowest OOD scores raised above every ID score: AUROC drops by ~k / n
+        s = ref64["score"].copy()
+        low = n + np.argsort(s[n:])[:k]
+        s[low] = s.max() + 1.0
+        return {"score": s}
+
+    one = drift_floor(exact32, ref64, _swap_pairs(ref64, n, 1), n)  # one neighbouring pair: within the resolution
+    assert one["passed"], one
+    six = lifted(6)
+    drop = _auroc(ref64["score"], n) - _auroc(six["score"], n)
+    verdict = drift_floor(exact32, ref64, six, n)
+    assert drop > 0.005 + 1 / n and verdict["worst"] >= drop - 1e-12 and not verdict["passed"]
+
+
+def test_drift_floor_scales_with_pytorch_float32s_own_drift() -> None:
+    from oodgate.evaluation.parity import FLOOR_FACTOR, drift_floor
+
+    ref64, n = _scores(), 48
+    noisy32 = _swap_pairs(ref64, n, 20)  # PyTorch float32 itself ~0.9 point off float64
+    noise = abs(_auroc(noisy32["score"], n) - _auroc(ref64["score"], n))
+    same_as_torch = drift_floor(noisy32, ref64, noisy32, n)
+    assert same_as_torch["passed"] and same_as_torch["noise"] >= noise - 1e-12
+    assert np.isclose(same_as_torch["bound"], 0.005 + FLOOR_FACTOR * same_as_torch["noise"] + 1 / n)
+    broken = {"score": -ref64["score"]}  # a wrong graph: ranking inverted
+    assert not drift_floor(noisy32, ref64, broken, n)["passed"]
+    nan = {"score": np.where(np.arange(2 * n) == 3, np.nan, ref64["score"])}
+    assert not drift_floor(noisy32, ref64, nan, n)["passed"]

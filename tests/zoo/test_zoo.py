@@ -231,7 +231,8 @@ def test_forward_graph_matches_float64(name: str, forward_graphs) -> None:
                                           ("vit_b_16", "adascale_a")])
 def test_calibrate_export_parity(name: str, method: str, tmp_path: Path) -> None:
     """The cells that failed a fixed 1e-4 parity (ResNet-50 ASH-S, EfficientNet) and AdaSCALE on ViT pass the
-    noise-floor criterion in export() and in parity(); AdaSCALE's AUROC/FPR95 drift stays within 0.5 point."""
+    noise-floor criterion in export() and in parity(); AdaSCALE's AUROC/FPR95 drift against float64 stays
+    within 0.5 point + 4 x PyTorch float32's own."""
     import oodgate
     from oodgate.data import ImageSet, Preprocess
     from oodgate.errors import FeatureSignWarning
@@ -257,7 +258,8 @@ def test_calibrate_export_parity(name: str, method: str, tmp_path: Path) -> None
     assert runtime.floor is not None and runtime.floor["passed"]
     if method.startswith("adascale"):
         assert not runtime.floor["outputs_judged"]
-        assert max(abs(v) for v in runtime.drift["delta"].values()) <= 0.005, runtime.drift
+        judged = runtime.drift["floor"]  # AUROC/FPR95 vs float64 within 0.5 pt + 4 x PyTorch float32's own drift
+        assert judged["passed"] and judged["worst"] <= 0.005 + 4 * judged["noise"], runtime.drift
     else:
         for output in runtime.floor["outputs"]:
             assert output["graph_error"] <= output["bound"]
