@@ -47,10 +47,19 @@ class MOSHead(DetectorHead):
         z = self.logits(h)
         p = self.group_probs(z)
         score = -p[:, :, 0].amin(dim=1)
-        # padding slots get -1 so that a real class (probability >= 0) always wins
-        cls = torch.where(self.valid[:, 1:] > 0, p[:, :, 1:], -torch.ones((), dtype=p.dtype))
-        best = torch.argmax(cls.reshape(cls.shape[0], -1), dim=1)
+        best = torch.argmax(self._slot_values(p), dim=1)
         return z, score, self.slot_class.index_select(0, best)
+
+    def _slot_values(self, p: torch.Tensor) -> torch.Tensor:
+        """(N, G*M): each class slot's within-group probability; padding slots get -1 so that a real class
+        (probability >= 0) always wins."""
+        cls = torch.where(self.valid[:, 1:] > 0, p[:, :, 1:], -torch.ones((), dtype=p.dtype))
+        return cls.reshape(cls.shape[0], -1)
+
+    def label_values(self, z: torch.Tensor) -> torch.Tensor:
+        """What the label is the argmax of (the slots' within-group probabilities), from the MOS logits ``z``: the
+        parity check judges label ties on these, not on the logits (oodgate.evaluation.parity.floor_report)."""
+        return self._slot_values(self.group_probs(z))
 
 
 def _check_groups_param(groups: Any) -> None:

@@ -38,7 +38,8 @@ def reference_outputs(calibration: Calibration, inputs: np.ndarray, *, model: An
 
 def module_outputs(module: torch.nn.Module, inputs: np.ndarray, *, device: str = "cpu", batch_size: int = 32,
                    float64: bool = False) -> dict[str, np.ndarray]:
-    """The four outputs of an exported module (OodgateGraph) run eagerly, in float32 or float64."""
+    """The four outputs of an exported module (OodgateGraph) run eagerly, in float32 or float64; for a head whose
+    label is not the argmax of its logits (MOS) also ``label_values``, what the label is the argmax of."""
     dtype = torch.float64 if float64 else torch.float32
     module = (copy.deepcopy(module).double() if float64 else module).to(device).eval()
     outs = []
@@ -47,7 +48,13 @@ def module_outputs(module: torch.nn.Module, inputs: np.ndarray, *, device: str =
         with torch.no_grad():
             o = module(x)
         outs.append([t.detach().cpu().numpy() for t in o])
-    return {name: np.concatenate([o[k] for o in outs]) for k, name in enumerate(OUTPUT_NAMES)}
+    result = {name: np.concatenate([o[k] for o in outs]) for k, name in enumerate(OUTPUT_NAMES)}
+    head = getattr(getattr(module, "scorer", None), "head", None)
+    if callable(getattr(head, "label_values", None)):  # a label that is not the argmax of the logits (MOS)
+        with torch.no_grad():
+            z = torch.from_numpy(result["logits"]).to(device=device, dtype=dtype)
+            result["label_values"] = head.label_values(z).cpu().numpy()
+    return result
 
 
 def default_reference_device() -> str:

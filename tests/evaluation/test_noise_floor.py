@@ -42,8 +42,8 @@ def test_a_graph_within_the_noise_passes_and_ten_floors_off_fails() -> None:
 
 def test_exact_pytorch_leaves_only_the_tiny_atol() -> None:
     ref = np.array([1.0, -300.0, 2.5])
-    assert compare_to_floor("score", ref + 1e-5, ref, ref).passed  # 16 ulp of 300 = 5.7e-4
-    assert not compare_to_floor("score", ref + 1e-2, ref, ref).passed
+    assert compare_to_floor("score", ref + 1e-2, ref, ref).passed  # 1024 ulp of 300 = 0.037
+    assert not compare_to_floor("score", ref + 0.1, ref, ref).passed
 
 
 def test_nan_where_float64_is_finite_fails() -> None:
@@ -150,3 +150,26 @@ def test_drift_floor_scales_with_pytorch_float32s_own_drift() -> None:
     assert not drift_floor(noisy32, ref64, broken, n)["passed"]
     nan = {"score": np.where(np.arange(2 * n) == 3, np.nan, ref64["score"])}
     assert not drift_floor(noisy32, ref64, nan, n)["passed"]
+
+
+def test_mos_label_ties_are_judged_on_its_label_values_not_the_logits() -> None:
+    """MOS's label is the argmax of within-group probabilities: a tie there is noise even where the logits' top-2
+    gap is large, and a flip away from such a tie still fails."""
+    ref32, ref64 = _outputs(n=4, k=3)
+    values64 = np.array([[0.5, 0.5 + 1e-9, 0.1], [0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
+    ref64["label_values"], ref32["label_values"] = values64, values64 + 1e-12
+    ref64["label"] = values64.argmax(1)
+    got = {**ref64, "label": ref64["label"].copy()}
+    got["label"][0] = 0  # within noise of the tie in label_values (the logits are far from a tie there)
+    assert not near_tie(ref64["logits"][:1], 1e-3).any()
+    report = floor_report(got, ref32, ref64, threshold=0.0)
+    assert report.label_mismatches == 0 and report.labels_near_tie == 1
+    got["label"][1] = 2  # 0.9 vs 0.05: not a tie
+    assert floor_report(got, ref32, ref64, threshold=0.0).label_mismatches == 1
+
+
+def test_ash_is_judged_as_a_discontinuous_method() -> None:
+    from oodgate.evaluation.parity import DISCONTINUOUS_METHODS
+
+    assert {"ash_p", "ash_b", "ash_s", "adascale_a", "adascale_l"} <= DISCONTINUOUS_METHODS
+    assert not {"msp", "energy", "react", "scale", "dice", "line", "mos"} & DISCONTINUOUS_METHODS
