@@ -71,6 +71,8 @@ _CHECK_BATCHES = (1, 3)
 #: the float64 self-check's bound on ||grad - autograd|| / ||autograd|| per sample (float64 noise of a deep net
 #: on inputs far from the data stays below 1e-6; a wrong decomposition gives order 1)
 _CHECK_RTOL = 1e-5
+#: where a model's float64 noise exceeds those bounds: the graph may be this many times float64's own noise away
+_CHECK_FACTOR = 4.0
 
 
 #: Ops allowed in the traced graph: ATen ops that torch.onnx (dynamo, opset 18) translates, directly or through
@@ -866,6 +868,15 @@ def _check_inputs(example: torch.Tensor) -> Iterator[torch.Tensor]:
         yield x + 0.05 * spread * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
 
+def _float64_noise(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Float64's own noise on this model and input: the distance between eager autograd on ``x`` and on the same
+    values in channels-last memory layout (other convolution kernels, other summation orders, the same maths):
+    (max |logits diff|, per-sample ||grad diff||)."""
+    other_logits, other_grad = _autograd_reference(model, x.contiguous(memory_format=torch.channels_last))
+    return (float((other_logits - logits).abs().max()),
+            torch.linalg.vector_norm((other_grad - grad).flatten(1), dim=1))
+
+
 def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
     """Compare the traced graph with eager autograd at batch sizes other than the traced one, in float64.
 
@@ -875,6 +886,11 @@ def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
     by 10-100x the gradient's norm from float64 on noise inputs, while the traced graph run in float64 is
     within 1e-7 of float64 autograd). The float64 run is the same graph with its dtype changed
     (``retyped_graph``), so a batch-size dependence or a wrong decomposition shows up here too.
+
+    Some models amplify even float64 rounding beyond the fixed bounds (full-size EfficientNet-V2-S with random
+    weights: logits of 2.7e5, and eager float64 itself moves them by 4e-3 when only the memory layout changes).
+    Where the graph misses the fixed bounds, they are widened by ``_CHECK_FACTOR`` times that measured float64
+    noise (``_float64_noise``) before the graph is refused: the noise-floor rule, in float64.
     """
     reference = copy.deepcopy(module.model).double()
     for x in _check_inputs(example):
@@ -889,12 +905,20 @@ def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
         grad_err = torch.linalg.vector_norm((grad - ref_grad).flatten(1), dim=1)
         grad_ref = torch.linalg.vector_norm(ref_grad.flatten(1), dim=1)
         # absolute floor: float64 noise of a (near-)zero gradient
+        logit_tol = 1e-9 * logit_scale
         grad_tol = _CHECK_RTOL * grad_ref + 1e-12 * logit_scale * math.sqrt(ref_grad[0].numel())
-        if logit_err > 1e-9 * logit_scale or bool((grad_err > grad_tol).any()):
+        noise = ""
+        if logit_err > logit_tol or bool((grad_err > grad_tol).any()):
+            logit_noise, grad_noise = _float64_noise(reference, x, ref_logits, ref_grad)
+            logit_tol += _CHECK_FACTOR * logit_noise
+            grad_tol = grad_tol + _CHECK_FACTOR * grad_noise
+            noise = (f"; float64's own noise on this model (eager autograd in another memory layout): logits "
+                     f"{logit_noise:.3g}, gradient {float((grad_noise / grad_ref.clamp_min(1e-300)).max()):.3g}")
+        if logit_err > logit_tol or bool((grad_err > grad_tol).any()):
             raise GradientTraceError(
                 f"the traced gradient graph disagrees with eager autograd (both in float64) at batch {len(x)} "
                 f"(does the model's forward depend on the batch size?): max |logits diff| {logit_err:.3g}, max "
-                f"relative gradient error {float((grad_err / grad_ref.clamp_min(1e-300)).max()):.3g}")
+                f"relative gradient error {float((grad_err / grad_ref.clamp_min(1e-300)).max()):.3g}{noise}")
 
 
 class LogitsAndInputGradient(nn.Module):
