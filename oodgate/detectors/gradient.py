@@ -868,7 +868,8 @@ def _check_inputs(example: torch.Tensor) -> Iterator[torch.Tensor]:
         yield x + 0.05 * spread * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
 
-def _float64_noise(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, grad: torch.Tensor) -> tuple[float, torch.Tensor]:
+def _float64_noise(model: nn.Module, x: torch.Tensor, logits: torch.Tensor,
+                   grad: torch.Tensor) -> tuple[float, torch.Tensor]:
     """Float64's own noise on this model and input: the distance between eager autograd on ``x`` and on the same
     values in channels-last memory layout (other convolution kernels, other summation orders, the same maths):
     (max |logits diff|, per-sample ||grad diff||)."""
@@ -911,7 +912,7 @@ def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
         if logit_err > logit_tol or bool((grad_err > grad_tol).any()):
             logit_noise, grad_noise = _float64_noise(reference, x, ref_logits, ref_grad)
             logit_tol += _CHECK_FACTOR * logit_noise
-            grad_tol = grad_tol + _CHECK_FACTOR * grad_noise
+            grad_tol += _CHECK_FACTOR * grad_noise
             noise = (f"; float64's own noise on this model (eager autograd in another memory layout): logits "
                      f"{logit_noise:.3g}, gradient {float((grad_noise / grad_ref.clamp_min(1e-300)).max()):.3g}")
         if logit_err > logit_tol or bool((grad_err > grad_tol).any()):

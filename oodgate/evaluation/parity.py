@@ -24,12 +24,12 @@ where the float64 score is within the score's bound of tau.
 
 For methods whose score is discontinuous in the input (AdaSCALE: the 5 % smallest |g| are selected; ASH-P/B/S: the
 top-k entries of h are kept, so of two nearly equal entries at the k-th place two float32 implementations may keep
-different ones and the logits jump by the difference of two weight columns; ``DISCONTINUOUS_METHODS``), the per-element bound of
-the score is reported but not required: such a graph passes on decisions away from tau and, with OOD inputs, on
-the AUROC/FPR95 drift judged by the same rule (``drift_floor``): the graph's AUROC/FPR95 on the real ID vs OOD
-inputs may differ from float64's by at most ``metric_tol`` (0.5 point) + factor x PyTorch float32's own largest
-difference from float64 there (float32 AdaSCALE on some models moves AUROC by points against float64 by itself)
-+ the rates' one-sample resolution 1 / min(n_id, n_ood).
+different ones and the logits jump by the difference of two weight columns; ``DISCONTINUOUS_METHODS``), the
+per-element bound of the score is reported but not required: such a graph passes on decisions away from tau and,
+with OOD inputs, on the AUROC/FPR95 drift judged by the same rule (``drift_floor``): the graph's AUROC/FPR95 on the
+real ID vs OOD inputs may differ from float64's by at most ``metric_tol`` (0.5 point) + factor x PyTorch float32's
+own largest difference from float64 there (float32 AdaSCALE on some models moves AUROC by points against float64 by
+itself) + the rates' one-sample resolution 1 / min(n_id, n_ood).
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def floor_report(got: dict[str, Any], ref32: dict[str, Any], ref64: dict[str, An
     score_margin = _finite(bounds.get("score"), _bound_of("score", ref32, ref64, factor, ulps))
     if ref32.get("label_values") is not None and ref64.get("label_values") is not None:
         # the label is the argmax of other values (MOS: within-group probabilities): ties are judged on those
-        tie = near_tie(np.asarray(ref64["label_values"], np.float64), 2.0 * _bound_of("label_values", ref32, ref64, factor, ulps))
+        values_margin = 2.0 * _bound_of("label_values", ref32, ref64, factor, ulps)
+        tie = near_tie(np.asarray(ref64["label_values"], np.float64), values_margin)
     else:
         tie = near_tie(ref64["logits"], logits_margin)
     label_diff = np.asarray(got["label"]).astype(np.int64) != np.asarray(ref64["label"]).astype(np.int64)
