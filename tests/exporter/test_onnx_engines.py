@@ -128,3 +128,56 @@ def test_export_takes_the_fast_route_for_every_single_pass_detector(digits_expor
 
     engines = {m: digits_export(m)[1].engine for m in available_detectors()}
     assert {m for m, e in engines.items() if e != "torchscript"} == {"adascale_a", "adascale_l"}, engines
+
+
+@pytest.fixture
+def rewriter_calls(monkeypatch):
+    """How many times onnxscript's pattern rewriter ran (a spy on its pass)."""
+    import onnxscript.rewriter
+
+    calls = []
+    plain = onnxscript.rewriter.RewritePass.call
+
+    def spy(self, model):  # noqa: ANN001, ANN202
+        calls.append(1)
+        return plain(self, model)
+
+    monkeypatch.setattr(onnxscript.rewriter.RewritePass, "call", spy)
+    return calls
+
+
+def _ops(program) -> list[str]:
+    return [n.op_type for n in program.model_proto.graph.node]
+
+
+def test_a_module_holding_an_fx_graph_is_optimised_without_the_pattern_rewriter(rewriter_calls):
+    """The gradient branch's route: constants folded and dead code removed as torch.onnx's optimiser does, onnxscript's
+    pattern rewriter skipped (most of the optimiser's time on an AdaSCALE graph); the same outputs as with it."""
+    module = HoldsAnFxGraph().eval()
+    fast = export_onnx(module, EXAMPLE, input_names=["x"], output_names=["z", "s"])
+    assert rewriter_calls == [] and fast.engine == "dynamo"
+    _assert_matches_torch(module, fast)
+    raw = export_onnx(module, EXAMPLE, input_names=["x"], output_names=["z", "s"], optimize=False)
+    assert len(_ops(fast)) < len(_ops(raw))  # the optimiser did run: folded and pruned
+    full = export_onnx(module, EXAMPLE, input_names=["x"], output_names=["z", "s"], rewrite=True)
+    assert rewriter_calls  # asked for: the whole optimiser
+    x = torch.randn((4, 3, 6, 6), generator=torch.Generator().manual_seed(5)).numpy()
+    for a, b in zip(_run(fast, x), _run(full, x)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_other_dynamo_exports_keep_the_whole_optimiser(rewriter_calls, monkeypatch):
+    """Single-pass graphs on the dynamo route keep the rewriter; where this onnxscript lacks a pass the no-rewriter
+    optimiser needs, a graph with an fx module gets torch.onnx's whole optimiser rather than none."""
+    export_onnx(BranchesOnTheBatch().eval(), EXAMPLE, input_names=["x"])
+    assert rewriter_calls
+    rewriter_calls.clear()
+    export_onnx(BranchesOnTheBatch().eval(), EXAMPLE, input_names=["x"], rewrite=False)  # on request: skipped
+    assert rewriter_calls == []
+    from oodgate.exporter import onnx_export
+
+    monkeypatch.setattr(onnx_export, "_optimiser_passes", lambda: None)
+    module = HoldsAnFxGraph().eval()
+    program = export_onnx(module, EXAMPLE, input_names=["x"], output_names=["z", "s"])
+    assert rewriter_calls
+    _assert_matches_torch(module, program)
