@@ -407,3 +407,36 @@ def test_example_must_be_4d_float() -> None:
     """The example must be a floating-point (N, C, H, W) tensor."""
     with pytest.raises(ValueError, match="floating-point"):
         trace_logits_and_input_gradient(DigitsCNN(), torch.zeros(2, 1, 16, 16, dtype=torch.int64))
+
+
+def test_self_check_runs_the_float32_graph_once_and_float64_at_every_check_batch(monkeypatch) -> None:
+    """The float32 graph runs once in the self-check (a float32-only fault is refused), the float64 comparison runs
+    at every check batch (1 and 3, never the traced one)."""
+    import importlib
+
+    gradient = importlib.import_module("oodgate.detectors.gradient")
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    module = trace_logits_and_input_gradient(model, torch.randn(2, 1, 8, 8), check=False)
+    float32_batches, float64_batches = [], []
+    plain_forward, plain_run = LogitsAndInputGradient.forward, LogitsAndInputGradient.run_graph
+
+    def forward(self, x):  # noqa: ANN001, ANN202
+        float32_batches.append((len(x), x.dtype))
+        return plain_forward(self, x)
+
+    def run_graph(self, reference, x):  # noqa: ANN001, ANN202
+        float64_batches.append((len(x), x.dtype))
+        return plain_run(self, reference, x)
+
+    monkeypatch.setattr(LogitsAndInputGradient, "forward", forward)
+    monkeypatch.setattr(LogitsAndInputGradient, "run_graph", run_graph)
+    gradient._self_check(module, torch.randn(2, 1, 8, 8))
+    assert float32_batches == [(1, torch.float32)]
+    assert float64_batches == [(1, torch.float64), (3, torch.float64)]
+
+    def broken(self, x):  # noqa: ANN001, ANN202
+        raise RuntimeError("expected scalar type Float but found Double")
+
+    monkeypatch.setattr(LogitsAndInputGradient, "forward", broken)
+    with pytest.raises(RuntimeError, match="expected scalar type Float"):
+        gradient._self_check(module, torch.randn(2, 1, 8, 8))
