@@ -5,9 +5,10 @@
 Per family of the reduced zoo (tests/zoo/zoo_models.py: random weights with realistic scales), the traced gradient
 branch is exported twice with ``oodgate.export_onnx``: with torch.onnx's whole optimiser (``rewrite=True``, the route
 before) and as oodgate exports it now (no pattern rewriter). Printed: export time of each, node counts, the largest
-relative output difference on 3 random inputs, ONNX Runtime's time ratio (now / before; 1 thread, interleaved,
-median of per-repetition ratios) and TensorRT's ONNX parser on the new graph (TensorRT-RTX where installed, else
-oodgate's static table). Needs torchvision (and timm for the timm families), as tests/zoo does.
+relative output difference on 3 random inputs, ONNX Runtime's time ratio (now / before; oodgate's session settings,
+1 thread, interleaved, per-repetition ratios: median [q1–q3]) and TensorRT's ONNX parser on the new graph
+(TensorRT-RTX where installed, else oodgate's static table). Needs torchvision (and timm for the timm families), as
+tests/zoo does.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "zoo"))
 sys.path.insert(0, str(ROOT))
 
+from common import fmt_ratio, md_table, ort_cpu, ort_runner, ratio, time_interleaved  # noqa: E402
+
 DEFAULT = "resnet50,efficientnet_b0,mobilenet_v3_large,convnext_tiny,vit_b_16,swin_t"
 
 
 def compare(name: str, reps: int, folder: Path) -> list[str]:
-    import onnxruntime as ort
     import torch
     import zoo_models as zoo
 
@@ -40,36 +42,29 @@ def compare(name: str, reps: int, folder: Path) -> list[str]:
     model, size = zoo.build(name, reduced=True)
     example = torch.randn((2, 3, size, size), generator=torch.Generator().manual_seed(0))
     module = trace_logits_and_input_gradient(model, example)
-    programs, seconds = {}, {}
+    programs, seconds, paths = {}, {}, {}
     for route, rewrite in (("before", True), ("now", None)):
         t0 = time.perf_counter()
         programs[route] = export_onnx(module, example, input_names=["x"], rewrite=rewrite)
         seconds[route] = time.perf_counter() - t0
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    sessions = {k: ort.InferenceSession(p.model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-                for k, p in programs.items()}
+        paths[route] = folder / f"{name}-{route}.onnx"
+        programs[route].save(str(paths[route]))
+    sessions = {k: ort_cpu(path, threads=1) for k, path in paths.items()}
     x = np.random.default_rng(0).normal(size=(3, 3, size, size)).astype(np.float32)
-    outs = {k: s.run(None, {"x": x}) for k, s in sessions.items()}
+    runners = {k: ort_runner(sess, x) for k, sess in sessions.items()}
+    outs = {k: run() for k, run in runners.items()}
     diff = max(float(np.abs(a.astype(np.float64) - b).max() / max(float(np.abs(a).max()), 1e-30))
                for a, b in zip(outs["before"], outs["now"]))
-    ratios = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sessions["before"].run(None, {"x": x})
-        t1 = time.perf_counter()
-        sessions["now"].run(None, {"x": x})
-        ratios.append((time.perf_counter() - t1) / (t1 - t0))
-    path = folder / f"{name}.onnx"
-    programs["now"].save(str(path))
-    check = check_graph(str(path), build=False)
+    times = time_interleaved(runners, reps=reps, what=f"{name}: ONNX Runtime, both routes")
+    check = check_graph(str(paths["now"]), build=False)
     nodes = {k: collections.Counter(n.op_type for n in p.model_proto.graph.node) for k, p in programs.items()}
     ops = sorted(set().union(*nodes.values()))
     changed = ", ".join(f"{op} {nodes['before'][op]}→{nodes['now'][op]}" for op in ops
                         if nodes["before"][op] != nodes["now"][op]) or "none"
     return [name, f"{seconds['before']:.1f} s", f"{seconds['now']:.1f} s",
             f"{sum(nodes['before'].values())} → {sum(nodes['now'].values())}", changed, f"{diff:.1e}",
-            f"{np.median(ratios):.3f}×", f"{'pass' if check.passed else 'FAIL'} ({check.checker})"]
+            fmt_ratio(ratio(times["now"], times["before"]), digits=3),
+            f"{'pass' if check.passed else 'FAIL'} ({check.checker})"]
 
 
 def _warm_up() -> None:
@@ -96,11 +91,10 @@ def main() -> None:
     torch.set_num_threads(1)
     _warm_up()
     header = ["family (reduced)", "export, whole optimiser", "export, no rewriter", "nodes", "ops changed",
-              "max rel. output diff", "ORT time now / before", "TensorRT parser"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
+              "max rel. output diff", "ORT time now / before, median [q1–q3]", "TensorRT parser"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in [m for m in args.models.split(",") if m]:
-            print("| " + " | ".join(compare(name, args.reps, Path(tmp))) + " |", flush=True)
+        rows = [compare(name, args.reps, Path(tmp)) for name in args.models.split(",") if name]
+    print(md_table(header, rows), flush=True)
 
 
 if __name__ == "__main__":

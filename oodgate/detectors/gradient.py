@@ -897,8 +897,10 @@ def _self_check(module: LogitsAndInputGradient, example: torch.Tensor) -> None:
     for i, x in enumerate(_check_inputs(example)):
         x = x.double()
         with torch.no_grad():
-            if i == 0:  # the float32 graph runs once (a float32-only fault the retyping would hide); batch-size
-                module(x.to(torch.float32))  # dependence is the float64 run's to find, at every check batch
+            # the float32 graph runs once (a float32-only fault the retyping would hide); a batch-size dependence
+            # is the float64 comparison's to find, at every check batch
+            if i == 0:
+                module(x.to(torch.float32))
             outputs = module.run_graph(reference, x)
         logits, grad = outputs[0], outputs[-1]
         ref_logits, ref_grad = _autograd_reference(reference, x)

@@ -11,8 +11,8 @@ Two exporters of torch.onnx are used, the fast one first:
   module (AdaSCALE's traced gradient branch, whose ATen calls the tracer cannot record).
 - ``"dynamo"``: torch.export + torch.onnx's translation and optimiser, for everything else (and on request). A
   module holding a torch.fx graph (AdaSCALE's gradient branch) is optimised without onnxscript's pattern rewriter
-  (``optimise_without_rewrites``): on a ResNet-50-sized AdaSCALE graph the rewriter was ~80 % of the optimiser's
-  time and changed one Reshape of ~1300 nodes, with ONNX Runtime's time unchanged.
+  (``optimise_without_rewrites``): most of the optimiser's time on those graphs (bench/export_time.py), with the same
+  outputs and ONNX Runtime time (bench/optimiser_route.py).
 
 Either way the result is checked by the caller against the PyTorch reference (export() runs ONNX Runtime at a batch
 size other than the example's, so a batch size baked into the graph is caught).
@@ -128,8 +128,7 @@ def _optimiser_passes() -> tuple[Any, Any] | None:
 def optimise_without_rewrites(model: Any, passes: tuple[Any, Any]) -> None:
     """onnxscript's optimiser (``optimize_ir``: inline, constant folding and dead-code removal twice, constants lifted
     to initialisers, duplicates and common subexpressions removed, names fixed) on an onnx_ir model in place, without
-    its pattern rewriter (ONNX Runtime's own graph optimisations fuse what it would: Conv + BatchNorm, Cast + Cast,
-    Reshape + Reshape, ...)."""
+    its pattern rewriter (which fuses Min + Max into Clip, Reshape + Reshape, Conv + BatchNorm, ...)."""
     fold_constants_ir, common = passes
     common.InlinePass()(model)
     for _ in range(2):  # optimize_ir's num_iterations, stopping early when nothing changed
