@@ -163,20 +163,55 @@ def thresholded_relu(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype))
 
 
+class _Sum(torch.autograd.Function):
+    """The elementwise sum of tensors of one shape, with its ONNX translation (one Sum node) for the TorchScript
+    exporter."""
+
+    @staticmethod
+    def forward(ctx, *parts: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return torch.stack(parts).sum(0)
+
+    @staticmethod
+    def symbolic(g, *parts):  # noqa: ANN001, ANN205
+        return g.op("Sum", *parts)
+
+
+def sum_of(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The elementwise sum of same-shaped tensors. Exported as one ONNX Sum (by either exporter), where a chain of Adds
+    would cost one node each (~5 us apiece in ONNX Runtime at LINe's (N, 1, C) partial products)."""
+    if len(parts) == 1:
+        return parts[0]
+    if torch.jit.is_tracing():
+        return _Sum.apply(*parts)
+    if torch.onnx.is_in_onnx_export():
+        return torch.onnx.ops.symbolic("Sum", tuple(parts), {}, dtype=parts[0].dtype, shape=parts[0].shape)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 class LINeHead(DetectorHead):
     """h' = min(h, c); l = argmax(W h' + b); score = E((W * M(l)) (h' * m_l) + b).
 
     The logits of h and h' come from one matrix product (W read once). Both masks of class l are a fixed threshold
-    on W rescaled per column (``line_weight_scales``): per block of classes one Mul, one ThresholdedRelu and one
-    batched MatMul with h' * factor_l, so the (N, C, D) masked weights are never held whole and no comparison,
-    cast or Where is spent on them. Where that form cannot represent the masks, the general one: W * 1[W > cut_l]
+    on W rescaled per column (``line_weight_scales``): one Mul, one ThresholdedRelu and one batched MatMul with
+    h' * factor_l per block, so the (N, C, D) masked weights are never held whole and no comparison, cast or Where is
+    spent on them. Where that form cannot represent the masks, the general one: W * 1[W > cut_l]
     (``line_weight_cuts``).
+
+    Where W spans more than one block, the blocks are ranges of features of W transposed (D x C): the per-column
+    scale of each sample is then one number per row of the block, and the blocks' products (N, 1, C) are added by one
+    Sum. Measured during development against blocks of classes (heads of ``bench/heads.py``'s shapes, C = 1000,
+    D = 1280 and 2048, ONNX Runtime, 1 thread): the whole head 0.88-0.91x the time at batch 1 and 32; with a chain
+    of Adds instead of the Sum, slower than blocks of classes at batch 1.
     """
 
-    #: entries (classes x features) per sample of one block. Measured on whole EfficientNet-Lite0 graphs (ONNX Runtime,
-    #: 1 thread): a batch of 1 wants few, large blocks (per-node overhead; W streams from memory once either way), a
-    #: batch of 32 small ones (its blocks stay in cache); 2^16 is within noise of the best at 32 and near it at 1.
-    #: It also bounds the head's memory: ~8 bytes x N x this at a time
+    #: entries (classes x features) per sample of one block. Measured on the masked pass alone (ONNX Runtime, 1 thread,
+    #: C = 1000, D = 1280 and 2048, blocks of 2^15 to 2^17): a batch of 1 wants few, large blocks (per-node overhead),
+    #: a batch of 32 small ones (its blocks stay in cache); 2^16 is the best at 32 and within 10 % of the best at 1. It
+    #: also bounds the head's memory: ~8 bytes x N x this at a time. A head of at most this many entries is one block
+    #: of all classes (at C = 10, D = 64 measured faster than the transposed form)
     BLOCK = 1 << 16
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, clip: float, *,
@@ -206,22 +241,26 @@ class LINeHead(DetectorHead):
     def masked_energy(self, hc: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """E((W * M(l)) (h' * m_l) + b) for clipped features h' and their classes l."""
         c, d = self.shape
-        rows = max(1, self.BLOCK // d)
-        parts = []
         if self.alpha is not None:
-            scale = self.weight_scales.index_select(0, lab)[:, None, :]  # (N, 1, D)
-            x = (hc * self.input_factors.index_select(0, lab))[:, :, None]  # (N, D, 1)
-            for start in range(0, c, rows):
-                w = self.weight[start:start + rows]
-                parts.append(torch.matmul(thresholded_relu(w * scale, self.alpha), x))  # (N, rows, 1)
+            scale, x = self.weight_scales.index_select(0, lab), hc * self.input_factors.index_select(0, lab)
         else:
-            cut = self.weight_cuts.index_select(0, lab)[:, None, :]  # (N, 1, D)
-            x = hc[:, :, None]
-            for start in range(0, c, rows):
-                w = self.weight[start:start + rows]
-                # Cast + Mul rather than Where: ONNX Runtime's broadcasting Where is far slower on these tensors
-                parts.append(torch.matmul((w > cut).to(hc.dtype) * w, x))
-        return energy(torch.cat(parts, dim=1)[:, :, 0] + self.bias)
+            scale, x = self.weight_cuts.index_select(0, lab), hc
+
+        def masked(w: torch.Tensor, per_column: torch.Tensor) -> torch.Tensor:
+            if self.alpha is not None:
+                return thresholded_relu(w * per_column, self.alpha)
+            # Cast + Mul rather than Where: ONNX Runtime's broadcasting Where is far slower on these tensors
+            return (w > per_column).to(hc.dtype) * w
+
+        if c * d <= self.BLOCK:  # one block of all classes: (N, C, D) @ (N, D, 1)
+            z = torch.matmul(masked(self.weight, scale[:, None, :]), x[:, :, None])[:, :, 0]
+        else:  # blocks of features of W^T: sum over blocks of (N, 1, f) @ (N, f, C)
+            wt, scale, x = self.weight.t(), scale[:, :, None], x[:, None, :]
+            cols = max(1, self.BLOCK // c)
+            z = sum_of([torch.matmul(x[:, :, start:start + cols], masked(wt[start:start + cols],
+                                                                         scale[:, start:start + cols]))
+                        for start in range(0, d, cols)])[:, 0, :]
+        return energy(z + self.bias)
 
 
 class LINe(Detector):

@@ -165,11 +165,14 @@ def test_line_falls_back_to_cuts_with_the_same_scores(small, monkeypatch):
     np.testing.assert_allclose(scaled, want, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize(("form", "engine"), [("scales", "torchscript"), ("scales", "dynamo"), ("cuts", "auto")])
-def test_line_graph_in_blocks_matches_numpy_on_a_batch_of_distinct_classes(form, engine, monkeypatch, tmp_path):
-    """The exported head (by either exporter), in many class blocks (BLOCK made small), on batches whose samples have
-    distinct predicted classes: ONNX Runtime's scores equal the naive NumPy LINe per sample, and the scaled form is
-    one Mul, one ThresholdedRelu and one MatMul per block (no Where, no comparison on the C x D weights)."""
+@pytest.mark.parametrize(("form", "engine", "blocks"), [("scales", "torchscript", 7), ("scales", "dynamo", 7),
+                                                    ("cuts", "auto", 7), ("scales", "auto", 1), ("cuts", "auto", 1)])
+def test_line_graph_in_blocks_matches_numpy_on_a_batch_of_distinct_classes(form, engine, blocks, monkeypatch,
+                                                                           tmp_path):
+    """The exported head (by either exporter), in many feature blocks of W^T (BLOCK made small) or in one block of
+    all classes, on batches whose samples have distinct predicted classes: ONNX Runtime's scores equal the naive NumPy
+    LINe per sample, and the scaled form is one Mul, one ThresholdedRelu and one MatMul per block (no Where, no
+    comparison on the C x D weights)."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -184,7 +187,8 @@ def test_line_graph_in_blocks_matches_numpy_on_a_batch_of_distinct_classes(form,
     h = np.abs(rng.standard_normal((6 * c, d)) + 2.0 * np.maximum(w[y], 0) * np.sqrt(d)).astype(np.float32)
     if form == "cuts":
         monkeypatch.setattr(line_module, "line_weight_scales", lambda *a: None)
-    monkeypatch.setattr(LINeHead, "BLOCK", 4 * d)  # 4 classes per block: 8 blocks, the last one short
+    # 6 features per block: 7 blocks, the last one short; or the whole head in one block
+    monkeypatch.setattr(LINeHead, "BLOCK", 6 * c if blocks > 1 else c * d)
     det = oodgate.detector("line").fit(h, labels=y, weight=w, bias=b)
     head = det.head()
     assert (head.alpha is None) == (form == "cuts")
@@ -195,7 +199,9 @@ def test_line_graph_in_blocks_matches_numpy_on_a_batch_of_distinct_classes(form,
     program.save(str(path))
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     if form == "scales":
-        assert ops.count("ThresholdedRelu") == 8 and "Where" not in ops and "Greater" not in ops
+        assert ops.count("ThresholdedRelu") == blocks and "Where" not in ops and "Greater" not in ops
+    else:
+        assert ops.count("Greater") == blocks and "Where" not in ops
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     naive = ref.line_fit_naive(h, y, w)
     clip = det.fit_info()["clip"]

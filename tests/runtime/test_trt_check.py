@@ -183,6 +183,37 @@ def test_the_fixed_static_table_agrees_with_the_real_parser_and_builder(case, tm
     assert has_errors(audit_graph(proto)) == (not builds), [str(f) for f in audit_graph(proto)]
 
 
+@pytest.mark.parametrize("form", ["scales", "cuts"])
+def test_the_real_parser_reads_lines_head_in_feature_blocks(form, monkeypatch, tmp_path):
+    """A LINe head wide enough for several feature blocks of W^T (BLOCK made small: the path of ImageNet-sized heads,
+    which the digits graphs above never take): its Split, Mul, ThresholdedRelu (or Greater, Cast), batched MatMul
+    and the one Sum over the blocks are read by the real parser without an issue."""
+    import torch
+
+    import oodgate
+    import oodgate.detectors.line as line_module
+    from oodgate.detectors.line import LINeHead
+    from oodgate.exporter.onnx_export import export_onnx
+
+    c, d = 30, 40
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((c, d)) / np.sqrt(d)
+    y = np.arange(4 * c) % c
+    h = np.abs(rng.standard_normal((4 * c, d)) + 2.0 * np.maximum(w[y], 0) * np.sqrt(d)).astype(np.float32)
+    if form == "cuts":
+        monkeypatch.setattr(line_module, "line_weight_scales", lambda *a: None)
+    monkeypatch.setattr(LINeHead, "BLOCK", 8 * c)  # 8 features per block: 5 blocks
+    head = oodgate.detector("line").fit(h, labels=y, weight=w, bias=np.zeros(c)).head()
+    graph = tmp_path / "line-head.onnx"
+    export_onnx(head, (torch.from_numpy(h[:2]),), input_names=["h"],
+                output_names=["logits", "score", "label"]).save(str(graph))
+    ops = Counter(n.op_type for n in onnx.load(str(graph)).graph.node)
+    assert ops["Sum"] == 1 and ops["ThresholdedRelu" if form == "scales" else "Greater"] == 5, ops
+    network, issues = parse(graph)
+    assert not issues and network.num_layers > 20
+    assert {network.get_output(i).name for i in range(network.num_outputs)} == {"logits", "score", "label"}
+
+
 def test_inspect_no_trt_build_only_parses(digits_graph):
     from typer.testing import CliRunner
 
