@@ -8,6 +8,8 @@ classifier's predictions. AdaSCALE's head takes (h, h'); its gradient branch nee
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ import numpy as np
 from common import CACHE, LIBRARY_SOURCES, SETUP_VERSION, cached_file, key_of, method_sources, source_hash
 
 N_FIT = 2000
+#: heads built from a fitted LINe: its head before issue 16, and its head with the mask decision taken out
+LINE_VARIANTS = ("line_previous", "line_floor")
 
 
 def synthetic_problem(c: int, d: int, n: int = N_FIT, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray,
@@ -61,6 +65,22 @@ def previous_line_head(det: Any) -> Any:
     return PreviousLINeHead().eval()
 
 
+@contextlib.contextmanager
+def floor_of_line() -> Iterator[None]:
+    """LINe's head with its mask decision taken out (ThresholdedRelu made the identity): the same per-sample pass over
+    the (N, C, D) rescaled weights and their contraction with h' * factor_l, with no mask. Its score is
+    E(W (h' * m_l) + b) (scale * factor = 1 on the kept neurons), not LINe's: it is the least that this pass costs,
+    timed beside LINe in question 1 (``line_floor``)."""
+    import oodgate.detectors.line as line_module
+
+    plain = line_module.thresholded_relu
+    line_module.thresholded_relu = lambda x, alpha: x
+    try:
+        yield
+    finally:
+        line_module.thresholded_relu = plain
+
+
 def fitted_head(method: str, c: int, d: int) -> Any:
     """The detector's torch head (eval mode) fitted on the synthetic problem of shape (c, d)."""
     import torch
@@ -83,7 +103,7 @@ def fitted_head(method: str, c: int, d: int) -> Any:
     if method == "mos":
         params = {"groups": "imagenet-taxonomy"} if c == 1000 else {"num_groups": min(4, c // 2)}
         params.update(steps=50, val=0.0, progress=False)
-    det = detector("line" if method == "line_previous" else method, **params).fit(h, y, weight=w, bias=b)
+    det = detector("line" if method in LINE_VARIANTS else method, **params).fit(h, y, weight=w, bias=b)
     return previous_line_head(det) if method == "line_previous" else det.head()
 
 
@@ -102,16 +122,18 @@ def head_graph_path(method: str, c: int, d: int) -> Path:
 
     from oodgate.exporter import export_onnx
 
-    base = "line" if method == "line_previous" else method
+    base = "line" if method in LINE_VARIANTS else method
     key = key_of(SETUP_VERSION, method, c, d, N_FIT, source_hash([*LIBRARY_SOURCES, *method_sources(base),
                                                                    "bench/heads.py"]))
     two = method.startswith("adascale")
 
     def write(tmp: Path) -> None:
         example = torch.rand((2, d), generator=torch.Generator().manual_seed(0))
-        export_onnx(fitted_head(method, c, d), (example, example * 1.01) if two else example,
-                    input_names=["h", "h2"] if two else ["h"],
-                    output_names=["logits"] if method == "linear" else ["logits", "score", "label"]).save(str(tmp))
+        with floor_of_line() if method == "line_floor" else contextlib.nullcontext():
+            export_onnx(fitted_head(method, c, d), (example, example * 1.01) if two else example,
+                        input_names=["h", "h2"] if two else ["h"],
+                        output_names=["logits"] if method == "linear" else ["logits", "score", "label"]
+                        ).save(str(tmp))
 
     return cached_file(CACHE / "heads" / f"{method}-c{c}-d{d}-{key}.onnx", f"fit + export head {method} C={c} D={d}",
                        write)

@@ -54,6 +54,40 @@ def test_previous_line_head_gives_the_same_scores_as_the_current_one():
     assert float(new[1].std()) > 0
 
 
+def test_line_floor_is_lines_pass_without_its_mask():
+    """bench's line_floor: LINe's head with ThresholdedRelu made the identity scores E(W (h' * m_l) + b) (NumPy), in a
+    graph with LINe's Mul and MatMul per block and no ThresholdedRelu; LINe's own head is restored afterwards."""
+    import onnx
+
+    heads = pytest.importorskip("heads")
+    from oodgate.detectors import detector
+    from oodgate.detectors.line import LINeHead
+    from oodgate.exporter.onnx_export import export_onnx
+
+    c, d = 30, 64
+    h, y, w, b = heads.synthetic_problem(c, d, n=400)
+    det = detector("line").fit(h, y, weight=w, bias=b)
+    x = heads.head_inputs("line", c, d, 20)["h"]
+    state, clip = det.fitted_state(), det.fit_info()["clip"]
+    hc = np.minimum(x.astype(np.float64), clip)
+    lab = np.argmax(hc @ w.T + b, axis=1)
+    z = (hc * state["neuron_mask"][lab]) @ w.T + b
+    want = np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)) + z.max(axis=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LINeHead, "BLOCK", 8 * c)  # several feature blocks, as at ImageNet sizes
+        head = det.head()
+        with heads.floor_of_line(), torch.no_grad():
+            floor = head(torch.from_numpy(x))[1].numpy()
+            graph = export_onnx(head, torch.from_numpy(x[:2]), input_names=["h"]).model_proto.graph
+        ops = [n.op_type for n in graph.node]
+        with torch.no_grad():
+            line = head(torch.from_numpy(x))[1].numpy()
+    np.testing.assert_allclose(floor, want, rtol=1e-5, atol=1e-5)
+    assert "ThresholdedRelu" not in ops and ops.count("Mul") >= 8 and ops.count("MatMul") == 8, ops
+    np.testing.assert_allclose(line, det.score(x), rtol=1e-5, atol=1e-5)  # restored: LINe again
+    assert np.abs(line - floor).max() > 1e-3
+
+
 def test_peak_memory_sees_an_allocation():
     # in a fresh process, as the benchmarks measure (a worker's freed heap could hold the block without growing)
     code = ("import sys, json; sys.path.insert(0, %r); import numpy as np, common\n"
