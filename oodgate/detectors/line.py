@@ -140,6 +140,17 @@ def line_weight_scales(weight: np.ndarray, contribution: np.ndarray, neuron_mask
     return scale, factor, alpha
 
 
+def _one_node(op: str, function: type[torch.autograd.Function], inputs: tuple[torch.Tensor, ...],
+              attrs: dict[str, float]) -> torch.Tensor:
+    """``function``'s result (its forward: plain torch ops), exported as the one ONNX node ``op`` by either exporter:
+    TorchScript through ``function.symbolic``, dynamo through torch.onnx.ops.symbolic (output of inputs[0]'s shape)."""
+    if torch.jit.is_tracing():  # the TorchScript exporter
+        return function.apply(*inputs, *attrs.values())
+    if torch.onnx.is_in_onnx_export():  # the dynamo exporter
+        return torch.onnx.ops.symbolic(op, inputs, attrs, dtype=inputs[0].dtype, shape=inputs[0].shape)
+    return function.forward(None, *inputs, *attrs.values())
+
+
 class _ThresholdedRelu(torch.autograd.Function):
     """x where x > alpha, else 0, with its ONNX translation for the TorchScript exporter."""
 
@@ -155,12 +166,7 @@ class _ThresholdedRelu(torch.autograd.Function):
 def thresholded_relu(x: torch.Tensor, alpha: float) -> torch.Tensor:
     """x where x > alpha, else 0. Exported as ONNX ThresholdedRelu (by either exporter): one kernel, where torch.where
     would become Greater + Where (ONNX Runtime's broadcasting Where is an order of magnitude slower than a Mul)."""
-    if torch.jit.is_tracing():  # the TorchScript exporter
-        return _ThresholdedRelu.apply(x, alpha)
-    if torch.onnx.is_in_onnx_export():  # the dynamo exporter
-        return torch.onnx.ops.symbolic("ThresholdedRelu", (x,), {"alpha": float(alpha)}, dtype=x.dtype,
-                                       shape=x.shape)
-    return torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype))
+    return _one_node("ThresholdedRelu", _ThresholdedRelu, (x,), {"alpha": float(alpha)})
 
 
 class _Sum(torch.autograd.Function):
@@ -169,7 +175,7 @@ class _Sum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *parts: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return torch.stack(parts).sum(0)
+        return sum(parts[1:], parts[0])
 
     @staticmethod
     def symbolic(g, *parts):  # noqa: ANN001, ANN205
@@ -178,17 +184,8 @@ class _Sum(torch.autograd.Function):
 
 def sum_of(parts: list[torch.Tensor]) -> torch.Tensor:
     """The elementwise sum of same-shaped tensors. Exported as one ONNX Sum (by either exporter), where a chain of Adds
-    would cost one node each (~5 us apiece in ONNX Runtime at LINe's (N, 1, C) partial products)."""
-    if len(parts) == 1:
-        return parts[0]
-    if torch.jit.is_tracing():
-        return _Sum.apply(*parts)
-    if torch.onnx.is_in_onnx_export():
-        return torch.onnx.ops.symbolic("Sum", tuple(parts), {}, dtype=parts[0].dtype, shape=parts[0].shape)
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
+    would cost one node each (~5 us apiece under ONNX Runtime's profiler at LINe's (N, 1, C) partial products)."""
+    return parts[0] if len(parts) == 1 else _one_node("Sum", _Sum, tuple(parts), {})
 
 
 class LINeHead(DetectorHead):
@@ -207,11 +204,12 @@ class LINeHead(DetectorHead):
     of Adds instead of the Sum, slower than blocks of classes at batch 1.
     """
 
-    #: entries (classes x features) per sample of one block. Measured on the masked pass alone (ONNX Runtime, 1 thread,
-    #: C = 1000, D = 1280 and 2048, blocks of 2^15 to 2^17): a batch of 1 wants few, large blocks (per-node overhead),
-    #: a batch of 32 small ones (its blocks stay in cache); 2^16 is the best at 32 and within 10 % of the best at 1. It
-    #: also bounds the head's memory: ~8 bytes x N x this at a time. A head of at most this many entries is one block
-    #: of all classes (at C = 10, D = 64 measured faster than the transposed form)
+    #: entries (classes x features) per sample of one block. Measured during development on the masked pass alone (ONNX
+    #: Runtime, 1 thread, C = 1000, D = 1280 and 2048, blocks of 2^15 to 2^17): a batch of 1 wants few, large blocks
+    #: (per-node overhead; 2^17 took 0.92x the time of 2^16 at D = 1280, 0.69x at D = 2048), a batch of 32 small ones
+    #: (its blocks stay in cache; 2^16 the fastest, 2^17 1.4x its time). It also bounds the head's memory: ~8 bytes x
+    #: N x this at a time. A head of at most this many entries is one block of all classes (at C = 10, D = 64
+    #: measured faster than the transposed form)
     BLOCK = 1 << 16
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, clip: float, *,
@@ -241,25 +239,24 @@ class LINeHead(DetectorHead):
     def masked_energy(self, hc: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """E((W * M(l)) (h' * m_l) + b) for clipped features h' and their classes l."""
         c, d = self.shape
-        if self.alpha is not None:
-            scale, x = self.weight_scales.index_select(0, lab), hc * self.input_factors.index_select(0, lab)
+        if self.alpha is not None:  # the class's per-column scale, or its per-column cut
+            per_column, x = self.weight_scales.index_select(0, lab), hc * self.input_factors.index_select(0, lab)
         else:
-            scale, x = self.weight_cuts.index_select(0, lab), hc
+            per_column, x = self.weight_cuts.index_select(0, lab), hc
 
-        def masked(w: torch.Tensor, per_column: torch.Tensor) -> torch.Tensor:
+        def masked(w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             if self.alpha is not None:
-                return thresholded_relu(w * per_column, self.alpha)
+                return thresholded_relu(w * p, self.alpha)
             # Cast + Mul rather than Where: ONNX Runtime's broadcasting Where is far slower on these tensors
-            return (w > per_column).to(hc.dtype) * w
+            return (w > p).to(hc.dtype) * w
 
         if c * d <= self.BLOCK:  # one block of all classes: (N, C, D) @ (N, D, 1)
-            z = torch.matmul(masked(self.weight, scale[:, None, :]), x[:, :, None])[:, :, 0]
+            z = torch.matmul(masked(self.weight, per_column[:, None, :]), x[:, :, None])[:, :, 0]
         else:  # blocks of features of W^T: sum over blocks of (N, 1, f) @ (N, f, C)
-            wt, scale, x = self.weight.t(), scale[:, :, None], x[:, None, :]
+            wt, p, x = self.weight.t(), per_column[:, :, None], x[:, None, :]
             cols = max(1, self.BLOCK // c)
-            z = sum_of([torch.matmul(x[:, :, start:start + cols], masked(wt[start:start + cols],
-                                                                         scale[:, start:start + cols]))
-                        for start in range(0, d, cols)])[:, 0, :]
+            z = sum_of([torch.matmul(x[:, :, i:i + cols], masked(wt[i:i + cols], p[:, i:i + cols]))
+                        for i in range(0, d, cols)])[:, 0, :]
         return energy(z + self.bias)
 
 

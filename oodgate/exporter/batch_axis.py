@@ -191,9 +191,9 @@ def runs_at_other_batches(model: Any, example: tuple[np.ndarray, ...], batches: 
     dimension is that batch size.
 
     The session has graph optimisation off: this probe asks whether the graph runs at those batch sizes, and the
-    exported graph is then checked against PyTorch under full optimisation (oodgate.export). On a ResNet-50-sized
-    AdaSCALE graph (1 thread) the optimised session took 0.79 s to create, this one 0.15 s; their runs at batch 1
-    and 3: 0.35 and 0.97 s optimised, 0.36 and 1.06 s not."""
+    exported graph is then checked against PyTorch under full optimisation (oodgate.export). Measured during
+    development on a ResNet-50-sized AdaSCALE graph (1 thread): the optimised session took 0.79 s to create, this one
+    0.15 s; their runs at batch 1 and 3: 0.35 and 0.97 s optimised, 0.36 and 1.06 s not."""
     import onnxruntime as ort
 
     try:
